@@ -1,0 +1,3 @@
+module github.com/moerun/moerun
+
+go 1.26
