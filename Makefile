@@ -1,0 +1,56 @@
+# moerun build. `make` builds bin/moerun (MPI, with the kernel embedded when
+# the CUDA toolchain is found), `make run` runs the main job, `make test` runs
+# every test, `make dist` packs a binary for GPU nodes that have no Go.
+# Run scripts/setup.sh once on a fresh machine first.
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X github.com/moerun/moerun/internal/version.Version=$(VERSION)
+BIN      := bin/moerun
+GOFILES  := $(shell find . -name '*.go' -not -path './.venv*' 2>/dev/null)
+
+# The kernel build (kernels/kernels.mk) defines the `kernels` target and
+# KERNEL_CUBIN, the device-linked cubin.
+include kernels/kernels.mk
+
+.PHONY: all build build-nocubin run test test-go test-e2e lint dist clean
+
+all: build
+
+# The binary with the kernel embedded (-tags cubin) and MPI (-tags mpi).
+build: kernels
+	cp $(KERNEL_CUBIN) kernels/moerun.cubin
+	$(GO) build -tags "mpi cubin" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/moerun
+
+# Without CUDA: the binary looks for the cubin next to itself, in
+# MOERUN_CUBIN or --cubin, and the CPU backend needs none.
+build-nocubin:
+	$(GO) build -tags mpi -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/moerun
+
+# The main job: the GPU backend on every local GPU when there are GPUs; the
+# CPU backend on 4 ranks with a small verified config otherwise.
+run: build
+	@if [ -e /dev/nvidia0 ] || [ -e /dev/nvidiactl ]; then \
+	  set -x; $(BIN) launch -- bench --verify; \
+	else \
+	  set -x; $(BIN) launch -n 4 -- bench --backend cpu --tokens 0,1,37,64 --hidden 64 \
+	    --ffn-hidden 128 --experts 8 --topk 2 --ffn relu,swiglu --verify --iters 5 --warmup 1; \
+	fi
+
+lint:
+	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags mpi ./...
+	$(GO) build ./...
+
+test: lint kernels build
+	$(GO) test -count=1 -tags mpi ./...
+	$(GO) test -count=1 ./...
+
+dist: build
+	mkdir -p dist
+	tar -C bin -czf dist/moerun-$(VERSION)-linux-amd64.tar.gz moerun
+	@echo "dist/moerun-$(VERSION)-linux-amd64.tar.gz: one binary with the kernel embedded; needs libmpi.so.40 (Open MPI 4), the CUDA driver and NVSHMEM 3.4.5 on the node"
+
+clean:
+	rm -rf bin build dist kernels/moerun.cubin

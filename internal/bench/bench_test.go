@@ -1,0 +1,183 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/moerun/moerun/internal/backend"
+	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/cpubackend"
+	"github.com/moerun/moerun/internal/jsonschema"
+	"github.com/moerun/moerun/internal/transport"
+)
+
+// runWorld runs the benchmark on w in-process ranks and returns the exit
+// codes and rank 0's table.
+func runWorld(t *testing.T, w int, args []string, wrap func(backend.Backend, transport.Comm) backend.Backend) ([]int, string) {
+	t.Helper()
+	o, err := ParseFlags(args, io.Discard)
+	if err != nil {
+		t.Fatalf("flags %v: %v", args, err)
+	}
+	l := transport.NewLocal(w, 0)
+	codes := make([]int, w)
+	outs := make([]bytes.Buffer, w)
+	var wg sync.WaitGroup
+	for r := range w {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			comm := l.Rank(r)
+			env := Env{Comm: comm, Log: zerolog.Nop(), Stdout: &outs[r], Stderr: &outs[r], Version: "test",
+				Open: func(string) (backend.Backend, error) {
+					var b backend.Backend = cpubackend.New(comm)
+					if wrap != nil {
+						b = wrap(b, comm)
+					}
+					return b, nil
+				}}
+			codes[r] = Run(env, o)
+		}()
+	}
+	wg.Wait()
+	return codes, outs[0].String()
+}
+
+func TestBenchVerifiesAndWritesSchemaValidJSON(t *testing.T) {
+	dir := t.TempDir()
+	js := filepath.Join(dir, "out.json")
+	codes, table := runWorld(t, 4, []string{"--backend", "cpu", "--tokens", "0,1,37", "--hidden", "16",
+		"--ffn-hidden", "32", "--experts", "8", "--topk", "2", "--ffn", "relu,swiglu", "--capacity-factor", "0,1",
+		"--iters", "2", "--warmup", "1", "--verify", "--json", js}, nil)
+	for r, c := range codes {
+		if c != 0 {
+			t.Fatalf("rank %d exited %d:\n%s", r, c, table)
+		}
+	}
+	doc, err := os.ReadFile(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := os.ReadFile("../../schemas/bench.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := jsonschema.Validate(schema, doc); err != nil {
+		t.Fatalf("bench JSON does not match the schema: %v\n%s", err, doc)
+	}
+	var rep Report
+	if err := json.Unmarshal(doc, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 12 || rep.World != 4 || rep.Backend != "cpu" {
+		t.Fatalf("report: %d results, world %d, backend %s", len(rep.Results), rep.World, rep.Backend)
+	}
+	for _, r := range rep.Results {
+		if r.Verified == nil || !*r.Verified || *r.Wrong != 0 {
+			t.Errorf("config %v not verified: %+v", r.Config, r)
+		}
+	}
+	if !strings.Contains(table, "12 configs, 12 verified, 0 failed: OK") {
+		t.Errorf("summary line missing:\n%s", table)
+	}
+}
+
+// corrupt is a backend whose output is off on one rank.
+type corrupt struct {
+	backend.Backend
+	rank int
+	comm transport.Comm
+}
+
+func (c corrupt) Result() (*backend.Result, error) {
+	r, err := c.Backend.Result()
+	if err == nil && c.comm.Rank() == c.rank && len(r.Out) > 3 {
+		r.Out[3] += 1
+	}
+	return r, err
+}
+
+func TestBenchExitsOneWhenVerificationFails(t *testing.T) {
+	codes, table := runWorld(t, 2, []string{"--backend", "cpu", "--tokens", "8", "--hidden", "16",
+		"--ffn-hidden", "16", "--experts", "4", "--iters", "1", "--warmup", "0", "--verify"},
+		func(b backend.Backend, comm transport.Comm) backend.Backend {
+			return corrupt{Backend: b, rank: 1, comm: comm}
+		})
+	for r, c := range codes {
+		if c != 1 {
+			t.Errorf("rank %d exited %d, want 1 (verification failed on rank 1)", r, c)
+		}
+	}
+	if !strings.Contains(table, "FAIL") {
+		t.Errorf("table does not show the failure:\n%s", table)
+	}
+}
+
+func TestBenchRefusesExpertsNotDivisibleByRanks(t *testing.T) {
+	codes, table := runWorld(t, 3, []string{"--backend", "cpu", "--tokens", "8", "--hidden", "16",
+		"--ffn-hidden", "16", "--experts", "8"}, nil)
+	for r, c := range codes {
+		if c != 2 {
+			t.Errorf("rank %d exited %d, want 2", r, c)
+		}
+	}
+	if !strings.Contains(table, "experts 8: must be a multiple of the number of ranks 3") {
+		t.Errorf("message does not name the mismatch:\n%s", table)
+	}
+}
+
+func TestParseFlagsNamesBadValues(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tokens", "1,x"}, `"x" is not an integer`},
+		{[]string{"--ffn", "tanh"}, `ffn "tanh"`},
+		{[]string{"--dtype", "fp8"}, `dtype "fp8"`},
+		{[]string{"--route", "random"}, `route "random"`},
+		{[]string{"--backend", "tpu"}, `backend "tpu"`},
+		{[]string{"--iters", "0"}, `iters 0`},
+		{[]string{"--log-level", "loud"}, `log-level "loud"`},
+		{[]string{"stray"}, `unexpected argument "stray"`},
+	} {
+		_, err := ParseFlags(tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestConfigsAreTheCartesianProduct(t *testing.T) {
+	o, err := ParseFlags([]string{"--tokens", "1,2,3", "--experts", "4,8", "--ffn", "relu,gelu"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs := o.Configs(config.FP32)
+	if len(cfgs) != 12 {
+		t.Fatalf("%d configs, want 12", len(cfgs))
+	}
+	seen := map[string]bool{}
+	for _, c := range cfgs {
+		if c.MaxTokens != 3 {
+			t.Errorf("max tokens %d, want the largest --tokens 3", c.MaxTokens)
+		}
+		seen[fmt.Sprint(c.Tokens, c.Experts, c.FFN)] = true
+	}
+	if len(seen) != 12 {
+		t.Errorf("configs repeat: %d distinct", len(seen))
+	}
+	if _, err := ParseFlags([]string{"-h"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v", err)
+	}
+}

@@ -1,0 +1,112 @@
+package cpubackend
+
+import (
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+
+	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/datagen"
+	"github.com/moerun/moerun/internal/reference"
+	"github.com/moerun/moerun/internal/transport"
+)
+
+// runRanks runs fn on w in-process ranks and collects their errors.
+func runRanks(t *testing.T, w int, fn func(c transport.Comm) error) {
+	t.Helper()
+	l := transport.NewLocal(w, 0)
+	errs := make([]error, w)
+	var wg sync.WaitGroup
+	for r := range w {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[r] = fn(l.Rank(r)) }()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Errorf("rank %d: %v", r, err)
+		}
+	}
+}
+
+// TestOutputBitwiseEqualsReference: the CPU backend performs the same float64
+// operations in the same order as reference.Forward, so every rank's output
+// is bitwise equal to it, with any T per rank (0 included), any FFN kind and
+// with capacity dropping.
+func TestOutputBitwiseEqualsReference(t *testing.T) {
+	cases := []struct {
+		w, e, k int
+		ffn     config.FFN
+		cf      float64
+		tokens  []int // per rank
+		route   config.Route
+	}{
+		{1, 4, 1, config.FFNReLU, 0, []int{9}, config.RouteSoftmax},
+		{2, 8, 2, config.FFNGeLU, 0, []int{13, 0}, config.RouteSoftmax},
+		{4, 8, 2, config.FFNSwiGLU, 0, []int{1, 37, 0, 20}, config.RouteSoftmax},
+		{4, 8, 2, config.FFNReLU, 1, []int{37, 37, 5, 64}, config.RouteSoftmax},
+		{3, 6, 3, config.FFNReLU, 0.5, []int{30, 11, 2}, config.RouteSoftmax},
+		{4, 4, 1, config.FFNReLU, 0, []int{16, 16, 16, 16}, config.RouteSkew},
+		{2, 8, 2, config.FFNSwiGLU, 1, []int{25, 25}, config.RouteSkew},
+	}
+	for _, tc := range cases {
+		name := fmt.Sprintf("W%d_E%d_k%d_%s_cf%v_%s", tc.w, tc.e, tc.k, tc.ffn, tc.cf, tc.route)
+		t.Run(name, func(t *testing.T) {
+			base := config.Default()
+			base.Hidden, base.FFNHidden, base.Experts, base.TopK = 16, 24, tc.e, tc.k
+			base.FFN, base.CapacityFactor, base.Route, base.MaxTokens, base.Seed = tc.ffn, tc.cf, tc.route, 64, 11
+			runRanks(t, tc.w, func(comm transport.Comm) error {
+				c := base
+				c.Tokens = tc.tokens[comm.Rank()]
+				b := New(comm)
+				defer b.Close()
+				if err := b.Prepare(c); err != nil {
+					return err
+				}
+				x := datagen.Tokens(c, comm.Rank(), c.Tokens)
+				if _, err := b.Forward(c, x); err != nil {
+					return err
+				}
+				want, _ := reference.Forward(c, x, datagen.Gate(c), reference.CachedExperts(c, 1<<30))
+				got := b.Out64()
+				if len(got) != len(want) {
+					return fmt.Errorf("len %d, want %d", len(got), len(want))
+				}
+				for i := range got {
+					if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+						return fmt.Errorf("element %d: %v != reference %v (not bitwise equal)", i, got[i], want[i])
+					}
+				}
+				res, err := b.Result()
+				if err != nil {
+					return err
+				}
+				rep := reference.Check(reference.CheckInput{Cfg: c, X: x, Gate: datagen.Gate(c),
+					Expert: reference.CachedExperts(c, 1<<30), Out: res.Out, TopKIdx: res.TopKIdx})
+				if !rep.OK() {
+					return fmt.Errorf("verification failed: %v", rep.Failures)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+func TestForwardRefusesMismatchedInput(t *testing.T) {
+	runRanks(t, 1, func(comm transport.Comm) error {
+		c := config.Default()
+		c.Tokens, c.MaxTokens, c.Hidden, c.FFNHidden, c.Experts = 4, 4, 8, 8, 2
+		b := New(comm)
+		if _, err := b.Forward(c, nil); err == nil {
+			return fmt.Errorf("forward before Prepare succeeded")
+		}
+		if err := b.Prepare(c); err != nil {
+			return err
+		}
+		if _, err := b.Forward(c, make([]float32, 3)); err == nil {
+			return fmt.Errorf("forward with a short x succeeded")
+		}
+		return nil
+	})
+}

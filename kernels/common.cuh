@@ -1,0 +1,158 @@
+// common.cuh: constants, the per-block context, memory-ordering primitives.
+#pragma once
+
+#include <stdint.h>
+
+#include "params.h"
+
+namespace moe {
+
+// Every constant the kernel uses comes from params.h so the host agrees.
+constexpr int kThreads = MOE_THREADS;
+constexpr int kWarps = kThreads / 32;
+constexpr int kTileM = MOE_TILE_M;
+constexpr int kTileN = MOE_TILE_N;
+constexpr int kTileK = MOE_TILE_K;
+constexpr int kMaxWorld = MOE_MAX_WORLD;
+constexpr int kMaxTopK = MOE_MAX_TOPK;
+constexpr int kMaxExperts = MOE_MAX_EXPERTS;
+constexpr int kRouteTokPerThread = 8;  // tokens per thread per step of the route scan
+constexpr unsigned kFull = 0xffffffffu;
+
+static_assert(kThreads == 256, "the GEMM tile maps 16x16 threads onto 64x64 outputs");
+static_assert(kTileM == 64 && kTileN == 64 && kTileK == 16, "tile loaders assume 64x64x16");
+static_assert(sizeof(MoeParams) % 8 == 0, "MoeParams padding");
+static_assert(sizeof(MoeStatus) % 8 == 0, "MoeStatus padding");
+static_assert(sizeof(MoeSched) % 8 == 0, "MoeSched padding");
+static_assert(sizeof(MoeRowTile) == 16, "MoeRowTile is 16 bytes");
+
+// Bytes of the shared buffer that phases reuse (GEMM stages, prefix tables).
+constexpr int kPhaseBytes = 33792;
+
+// Shared memory of one block: fixed part plus the phase buffer.
+struct Shared {
+  uint64_t peer_base[kMaxWorld];  // nvshmem_ptr(heap_base, pe), by PE
+  int scan_warp[kWarps + 1];      // block scan scratch
+  int bcast[8];                   // thread 0 -> block broadcast
+  uint64_t seq;                   // this launch's sequence number
+  int ok;                         // 0 after an abort
+  int pad_;
+  __align__(16) unsigned char phase[kPhaseBytes];
+};
+
+// Per-thread view of the launch, built once at kernel entry.
+struct Ctx {
+  const MoeParams& p;
+  Shared& sh;
+  uint64_t seq;
+  uint64_t busy;   // thread 0: ns spent in task work
+  uint64_t bytes;  // thread 0 / lane 0s: payload bytes stored to other PEs
+  uint64_t tasks;  // thread 0: GEMM tasks run
+};
+
+__device__ __forceinline__ MoeStatus* status_of(const MoeParams& p) {
+  return reinterpret_cast<MoeStatus*>(p.heap_base + p.off_status);
+}
+__device__ __forceinline__ MoeSched* sched_of(const MoeParams& p) {
+  return reinterpret_cast<MoeSched*>(p.sched);
+}
+// Address of byte offset off of the symmetric heap on PE pe (P2P mapping).
+__device__ __forceinline__ char* peer_heap(const Ctx& c, int pe, uint64_t off) {
+  return reinterpret_cast<char*>(c.sh.peer_base[pe] + off);
+}
+__device__ __forceinline__ char* my_heap(const MoeParams& p, uint64_t off) {
+  return reinterpret_cast<char*>(p.heap_base + off);
+}
+
+__device__ __forceinline__ uint64_t globaltimer() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// Loads that see stores of other GPUs (system scope) or other blocks (gpu
+// scope), and the matching stores. Polling always goes through these.
+__device__ __forceinline__ uint64_t ld_acquire_sys_u64(const uint64_t* ptr) {
+  uint64_t v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(ptr) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint64_t ld_acquire_gpu_u64(const uint64_t* ptr) {
+  uint64_t v;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(ptr) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint32_t ld_acquire_gpu_u32(const uint32_t* ptr) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(ptr) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint32_t ld_relaxed_gpu_u32(const uint32_t* ptr) {
+  uint32_t v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(ptr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu_u32(uint32_t* ptr, uint32_t v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(ptr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_release_sys_u64(uint64_t* ptr, uint64_t v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(ptr), "l"(v) : "memory");
+}
+// Data written in this launch by another block or GPU: read through L2
+// (never the non-coherent read-only path).
+__device__ __forceinline__ int ld_cg(const int* ptr) { return __ldcg(ptr); }
+__device__ __forceinline__ float ld_cg(const float* ptr) { return __ldcg(ptr); }
+__device__ __forceinline__ float4 ld_cg4(const float* ptr) {
+  return __ldcg(reinterpret_cast<const float4*>(ptr));
+}
+__device__ __forceinline__ void st4(float* ptr, float4 v) { *reinterpret_cast<float4*>(ptr) = v; }
+
+// Exclusive block-wide scan of arr[0..n) in place (shared or global memory
+// written only by this block); arr[n] receives the total, which is returned
+// to every thread. Every thread of the block must call it.
+__device__ inline int block_exclusive_scan(int* arr, int n, Shared& sh) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  int carry = 0;
+  for (int base = 0; base < n; base += kThreads) {
+    const int i = base + tid;
+    const int v = i < n ? arr[i] : 0;
+    int incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(kFull, incl, o);
+      if (lane >= o) incl += y;
+    }
+    if (lane == 31) sh.scan_warp[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      int w = lane < kWarps ? sh.scan_warp[lane] : 0;
+      int wincl = w;
+#pragma unroll
+      for (int o = 1; o < kWarps; o <<= 1) {
+        const int y = __shfl_up_sync(kFull, wincl, o);
+        if (lane >= o) wincl += y;
+      }
+      if (lane < kWarps) sh.scan_warp[lane] = wincl - w;  // exclusive warp offsets
+      if (lane == kWarps - 1) sh.scan_warp[kWarps] = wincl;
+    }
+    __syncthreads();
+    if (i < n) arr[i] = carry + sh.scan_warp[warp] + incl - v;
+    carry += sh.scan_warp[kWarps];
+    __syncthreads();
+  }
+  if (tid == 0) arr[n] = carry;
+  __syncthreads();
+  return carry;
+}
+
+// Largest i in [0, n) with pre[i] <= x, for a non-decreasing pre with pre[0] <= x.
+__device__ __forceinline__ int upper_index(const int* pre, int n, int x) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (pre[mid] <= x) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+}  // namespace moe

@@ -1,0 +1,5 @@
+//go:build linux && 386
+
+package launcher
+
+const sysProcessVMReadv = 347

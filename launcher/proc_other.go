@@ -1,0 +1,14 @@
+//go:build !linux
+
+package launcher
+
+import "syscall"
+
+func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
+
+func killJob(pid int) int {
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	return 0
+}
+
+func cmaPermitted() bool { return false }
