@@ -5,6 +5,7 @@
 
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 LDFLAGS  := -X github.com/moerun/moerun/internal/version.Version=$(VERSION)
 BIN      := bin/moerun
 GOFILES  := $(shell find . -name '*.go' -not -path './.venv*' 2>/dev/null)

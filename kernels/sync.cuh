@@ -14,15 +14,15 @@
 
 namespace moe {
 
-__device__ __noinline__ void watchdog_trip(const Ctx& c, int code, int kind, int peer, uint64_t elapsed,
-                                           uint64_t target, uint64_t observed) {
-  MoeStatus* st = status_of(c.p);
+__device__ __noinline__ void record_status(const MoeParams& p, uint64_t seq, int code, int kind, int peer,
+                                           uint64_t elapsed, uint64_t target, uint64_t observed) {
+  MoeStatus* st = status_of(p);
   if (atomicCAS(&st->code, 0u, static_cast<uint32_t>(code)) == 0u) {
-    st->rank = c.p.rank;
+    st->rank = p.rank;
     st->kind = kind;
     st->peer = peer;
     st->block = blockIdx.x;
-    st->seq = c.seq;
+    st->seq = seq;
     st->elapsed_ns = elapsed;
     st->target = target;
     st->observed = observed;
@@ -30,6 +30,11 @@ __device__ __noinline__ void watchdog_trip(const Ctx& c, int code, int kind, int
   }
   atomicExch(&st->abort, 1u);
   __threadfence_system();
+}
+
+__device__ __forceinline__ void watchdog_trip(const Ctx& c, int code, int kind, int peer, uint64_t elapsed,
+                                              uint64_t target, uint64_t observed) {
+  record_status(c.p, c.seq, code, kind, peer, elapsed, target, observed);
 }
 
 __device__ __forceinline__ bool aborted(const Ctx& c) {

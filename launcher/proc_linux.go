@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -28,6 +29,28 @@ func killJob(pid int) int {
 		if p != pid && syscall.Kill(p, syscall.SIGKILL) == nil {
 			n++
 		}
+	}
+	return n
+}
+
+// sweepJob kills what is left of the job (see killJob) and waits, at most timeout,
+// until none of it is alive. It returns how many processes it signalled.
+func sweepJob(pid int, timeout time.Duration) int {
+	n := killJob(pid)
+	if n == 0 {
+		return 0
+	}
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
+		left := 0
+		for _, p := range sessionMembers(pid) {
+			if p != pid {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	return n
 }

@@ -2,7 +2,10 @@
 
 package launcher
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+)
 
 func sysProcAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }
 
@@ -12,3 +15,5 @@ func killJob(pid int) int {
 }
 
 func cmaPermitted() bool { return false }
+
+func sweepJob(pid int, _ time.Duration) int { return killJob(pid) }

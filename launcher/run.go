@@ -105,7 +105,7 @@ wait:
 			break wait
 		case sig := <-signals:
 			if res.Interrupted != nil {
-				fmt.Fprintf(stderr, "moerun launch: %v again: killing the job\n", sig)
+				fmt.Fprintf(stderr, "moerun launch: %s again: killing the job\n", sigName(sig))
 				hardKill()
 				continue
 			}
@@ -114,7 +114,7 @@ wait:
 			if sig == syscall.SIGHUP {
 				fwd = syscall.SIGTERM
 			}
-			fmt.Fprintf(stderr, "moerun launch: %v: stopping the job (again to kill it at once)\n", sig)
+			fmt.Fprintf(stderr, "moerun launch: %s: stopping the job (again to kill it at once)\n", sigName(sig))
 			_ = cmd.Process.Signal(fwd)
 			arm()
 		case <-ctxDone:
@@ -136,7 +136,7 @@ wait:
 		}
 	}
 	// Sweep what is left of the job: ranks orphaned by a launcher that died or was killed.
-	if n := killJob(pid); n > 0 {
+	if n := sweepJob(pid, 2*time.Second); n > 0 {
 		fmt.Fprintf(stderr, "moerun launch: killed %d process(es) left over from the job\n", n)
 	}
 	outW.flush()
@@ -184,7 +184,7 @@ func summarize(c Command, res Result, childSig int, cause error, w *watcher) str
 	s := "moerun launch: "
 	switch {
 	case res.Interrupted != nil:
-		s += fmt.Sprintf("interrupted (%v); ", res.Interrupted)
+		s += fmt.Sprintf("interrupted by %s; ", sigName(res.Interrupted))
 	case res.Canceled:
 		s += fmt.Sprintf("stopped: %v; ", cause)
 	}
@@ -210,4 +210,21 @@ func summarize(c Command, res Result, childSig int, cause error, w *watcher) str
 		s += "; " + c.Args[0] + " said: " + launcherMsg
 	}
 	return s
+}
+
+// sigName is SIGINT for syscall.SIGINT, and so on for the usual signals.
+func sigName(s os.Signal) string {
+	switch s {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	case syscall.SIGQUIT:
+		return "SIGQUIT"
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	}
+	return s.String()
 }

@@ -191,7 +191,7 @@ func TestRunSignalThenGrace(t *testing.T) {
 	if r.res.Interrupted != syscall.SIGINT || !r.res.Killed || r.res.ExitCode != 130 {
 		t.Errorf("result %+v", r.res)
 	}
-	if !strings.Contains(r.res.Summary, "interrupted") || !strings.Contains(r.res.Summary, "status 130") {
+	if !strings.Contains(r.res.Summary, "interrupted by SIGINT") || !strings.Contains(r.res.Summary, "status 130") {
 		t.Errorf("summary %q", r.res.Summary)
 	}
 	if alive(grandchild) {

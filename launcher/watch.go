@@ -109,6 +109,7 @@ var (
 	reTag      = regexp.MustCompile(`^\[\d+,(\d+)\]<std(?:out|err)>: ?`)
 	reConsole  = regexp.MustCompile(`(?:^|\s)(ERR|FTL|PNC)(?:\s|$)`)
 	reRankKV   = regexp.MustCompile(`\brank=(\d+)`)
+	reMoerun   = regexp.MustCompile(`^moerun(?: [a-z][a-z-]*)?: `) // "moerun: ...", "moerun bench: ..."
 )
 
 // box handles one of mpirun's boxed messages.
@@ -179,7 +180,8 @@ func (w *watcher) line(s string) {
 }
 
 // errorLine returns s, tidied, when it reports an error: a zerolog line at error or
-// fatal level in JSON or console form, a line starting with "moerun:", "Error" or
+// fatal level in JSON or console form, a line starting with "moerun:" (or "moerun
+// bench:" and so on), "Error" or
 // "error:", or a Go panic. Otherwise "".
 func errorLine(s string) string {
 	rank := ""
@@ -223,7 +225,10 @@ func errorLine(s string) string {
 		}
 		return withRank(rank, s)
 	}
-	for _, p := range []string{"moerun:", "Error", "error:", "ERROR", "panic:", "fatal error:"} {
+	if reMoerun.MatchString(s) {
+		return withRank(rank, s)
+	}
+	for _, p := range []string{"Error", "error:", "ERROR", "panic:", "fatal error:"} {
 		if strings.HasPrefix(s, p) {
 			return withRank(rank, s)
 		}

@@ -44,9 +44,9 @@ func needMPIRun(t *testing.T) {
 	}
 }
 
-// run runs the binary with a bound and returns its combined output, exit code
+// runCmd runs the binary with a bound and returns its combined output, exit code
 // and duration.
-func run(t *testing.T, limit time.Duration, name string, args ...string) (string, int, time.Duration) {
+func runCmd(t *testing.T, limit time.Duration, name string, args ...string) (string, int, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
@@ -118,7 +118,7 @@ func TestLaunchFourRanksVerified(t *testing.T) {
 			js := filepath.Join(t.TempDir(), "out.json")
 			args := append([]string{"launch", "-n", "4", "--", "bench"}, small...)
 			args = append(append(args, tc.extra...), "--json", js)
-			out, code, _ := run(t, 120*time.Second, moerunBin, args...)
+			out, code, _ := runCmd(t, 120*time.Second, moerunBin, args...)
 			if code != 0 {
 				t.Fatalf("exit %d:\n%s", code, out)
 			}
@@ -138,7 +138,7 @@ func TestMpirunWithoutLauncher(t *testing.T) {
 		args = append(args, "--allow-run-as-root")
 	}
 	args = append(append(append(args, moerunBin, "bench"), small...), "--json", js)
-	out, code, _ := run(t, 120*time.Second, "mpirun", args...)
+	out, code, _ := runCmd(t, 120*time.Second, "mpirun", args...)
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
@@ -150,7 +150,7 @@ func TestMpirunWithoutLauncher(t *testing.T) {
 func TestLaunchRefusesExpertsNotDivisibleByRanks(t *testing.T) {
 	needMPIRun(t)
 	args := append([]string{"launch", "-n", "3", "--", "bench"}, small...)
-	out, code, took := run(t, 60*time.Second, moerunBin, args...)
+	out, code, took := runCmd(t, 60*time.Second, moerunBin, args...)
 	if code == 0 {
 		t.Fatalf("exit 0 with 8 experts on 3 ranks:\n%s", out)
 	}
@@ -164,7 +164,7 @@ func TestLaunchRefusesExpertsNotDivisibleByRanks(t *testing.T) {
 
 func TestLaunchDryRunPrintsMpirunCommand(t *testing.T) {
 	needMPIRun(t)
-	out, code, _ := run(t, 30*time.Second, moerunBin, "launch", "-n", "2", "--dry-run", "--", "bench")
+	out, code, _ := runCmd(t, 30*time.Second, moerunBin, "launch", "-n", "2", "--dry-run", "--", "bench")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
@@ -174,15 +174,15 @@ func TestLaunchDryRunPrintsMpirunCommand(t *testing.T) {
 }
 
 func TestVersionAndUsage(t *testing.T) {
-	out, code, _ := run(t, 10*time.Second, moerunBin, "version")
+	out, code, _ := runCmd(t, 10*time.Second, moerunBin, "version")
 	if code != 0 || !strings.HasPrefix(out, "moerun ") {
 		t.Errorf("version: exit %d, %q", code, out)
 	}
-	out, code, _ = run(t, 10*time.Second, moerunBin, "frobnicate")
+	out, code, _ = runCmd(t, 10*time.Second, moerunBin, "frobnicate")
 	if code != 2 || !strings.Contains(out, `unknown command "frobnicate"`) {
 		t.Errorf("unknown command: exit %d, %q", code, out)
 	}
-	out, code, _ = run(t, 10*time.Second, moerunBin, "bench", "--experts", "x")
+	out, code, _ = runCmd(t, 10*time.Second, moerunBin, "bench", "--experts", "x")
 	if code != 2 || !strings.Contains(out, `"x" is not an integer`) {
 		t.Errorf("bad flag: exit %d, %q", code, out)
 	}

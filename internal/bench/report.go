@@ -32,7 +32,7 @@ func printRow(w io.Writer, world int, r Row) {
 			ok = "FAIL"
 		}
 	}
-	fmt.Fprintf(w, " %6d %7d %6d %7d %7d %4d %6s %5s %4g %10.1f %10.1f %10.1f %12.4g %8.3f %9.2f %9.2f %9s %6s %6s %5s\n",
+	fmt.Fprintf(w, " %6d %7d %6d %7d %7d %4d %6s %5s %4g %10.1f %10.1f %10.1f %12.4g %8.4g %9.2f %9.2f %9s %6s %6s %5s\n",
 		world, c.Tokens, c.Hidden, c.FFNHidden, c.Experts, c.TopK, c.FFN, c.DType, c.CapacityFactor,
 		r.LatencyP50, r.LatencyP99, r.BackToBack, r.TokensPerS, r.TFLOPs,
 		float64(r.BytesPut)/1e6, r.PutGBps, relErr, wrong, route, ok)

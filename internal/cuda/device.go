@@ -19,7 +19,7 @@ const (
 	AttrMaxSharedMemoryPerBlock          DeviceAttribute = 8
 	AttrWarpSize                         DeviceAttribute = 10
 	AttrMaxRegistersPerBlock             DeviceAttribute = 12
-	AttrClockRate DeviceAttribute = 14 // kHz
+	AttrClockRate                        DeviceAttribute = 13 // kHz
 	AttrMultiprocessorCount              DeviceAttribute = 16
 	AttrPCIBusID                         DeviceAttribute = 33
 	AttrPCIDeviceID                      DeviceAttribute = 34

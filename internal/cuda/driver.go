@@ -161,7 +161,7 @@ var symbols = [numSyms]symbolSpec{
 	symCtxGetDevice:            req("cuCtxGetDevice"),
 	symCtxSynchronize:          req("cuCtxSynchronize"),
 	symMemAlloc:                req("cuMemAlloc", "cuMemAlloc_v2"),
-	symMemFree: req("cuMemFree"),
+	symMemFree:                 req("cuMemFree", "cuMemFree_v2"),
 	symMemGetInfo:              req("cuMemGetInfo", "cuMemGetInfo_v2"),
 	symMemsetD32:               req("cuMemsetD32", "cuMemsetD32_v2"),
 	symMemsetD32Async:          req("cuMemsetD32Async"),

@@ -20,12 +20,13 @@ import (
 
 // GPU is one device as NVML sees it.
 type GPU struct {
-	Index                      int    // NVML's index: all GPUs of the node, not CUDA's numbering
-	UUID                       string // "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
-	Name                       string
-	PCIBusID                   string // "00000000:18:00.0"
-	MemTotal                   uint64 // bytes
-	ComputeMajor, ComputeMinor int
+	Index        int    `json:"index"`      // NVML's index: all GPUs of the node, not CUDA's numbering
+	UUID         string `json:"uuid"`       // "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+	Name         string `json:"name"`       // "NVIDIA H100 80GB HBM3"
+	PCIBusID     string `json:"pci_bus_id"` // "00000000:18:00.0"
+	MemTotal     uint64 `json:"mem_total"`  // bytes
+	ComputeMajor int    `json:"compute_major"`
+	ComputeMinor int    `json:"compute_minor"`
 }
 
 // P2P matrix entries.
@@ -38,18 +39,18 @@ const (
 
 // Info is the node's GPU topology.
 type Info struct {
-	Driver            string // driver version, "580.159.04"
-	CUDADriverVersion int    // CUDA version of the driver, 13000 for 13.0
-	GPUs              []GPU
+	Driver            string `json:"driver"`              // driver version, "580.159.04"
+	CUDADriverVersion int    `json:"cuda_driver_version"` // CUDA version of the driver, 13000 for 13.0
+	GPUs              []GPU  `json:"gpus"`
 	// The matrices are indexed by position in GPUs (which is GPU.Index when
 	// Probe made them).
 	//
 	// P2P[i][j] says whether GPU i can read from and write to GPU j
 	// peer-to-peer: P2POK, P2PNo, P2PUnknown, or P2PSelf on the diagonal.
-	P2P [][]string
+	P2P [][]string `json:"p2p"`
 	// NVLinks[i][j] is the number of active NVLinks between GPUs i and j,
 	// direct or through NVSwitches (0 on the diagonal).
-	NVLinks [][]int
+	NVLinks [][]int `json:"nvlinks"`
 }
 
 // ErrNoDriver is wrapped by Probe's error when there is no usable NVIDIA

@@ -1,0 +1,57 @@
+// combine.cuh: out[t] = sum_j w[t,j] * ret[t*k+j], j ascending.
+//
+// A block enters combine when it has no expert work left; its thread 0 first
+// waits (bounded) for the return signal of every owner: each owner sends one
+// per launch, also when it had no rows of ours. Then one warp per token,
+// 16-byte loads and stores, a fixed summation order: no atomics, bitwise
+// reproducible. A dropped pair (w == 0) is skipped, so its never-written
+// return row is never read; a token whose pairs were all dropped gets 0.
+#pragma once
+
+#include "sync.cuh"
+
+namespace moe {
+
+__device__ inline bool combine(Ctx& c) {
+  const MoeParams& p = c.p;
+  const int T = p.tokens, H = p.hidden, k = p.topk, W = p.world;
+  if (threadIdx.x == 0) {
+    const uint64_t* sig = reinterpret_cast<const uint64_t*>(my_heap(p, p.off_sig_return));
+    int ok = 1;
+    for (int o = 0; o < W && ok; ++o) ok = wait_sys_geq(c, sig + o, c.seq, MOE_WAIT_RETURN, o);
+    c.sh.ok = ok;
+  }
+  __syncthreads();
+  if (!c.sh.ok) return false;
+  const float* ret = reinterpret_cast<const float*>(my_heap(p, p.off_ret_rows));
+  const float* tw = reinterpret_cast<const float*>(p.topk_w);
+  float* out = reinterpret_cast<float*>(p.out);
+  const int lane = threadIdx.x & 31;
+  const int gwarp = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  const int nwarps = gridDim.x * kWarps;
+  const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
+  for (int t = gwarp; t < T; t += nwarps) {
+    const float wl = lane < k ? ld_cg(tw + t * k + lane) : 0.f;
+    const float* rrow = ret + static_cast<int64_t>(t) * k * H;
+    float* orow = out + static_cast<int64_t>(t) * H;
+    for (int c0 = 0; c0 < H; c0 += 128) {  // every lane iterates: the shuffles need the full warp
+      const int col = c0 + lane * 4;
+      const bool mine = col < H;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int j = 0; j < k; ++j) {
+        const float w = __shfl_sync(kFull, wl, j);
+        if (w == 0.f || !mine) continue;
+        const float4 r = ld_cg4(rrow + static_cast<int64_t>(j) * H + col);
+        acc.x = fmaf(w, r.x, acc.x);
+        acc.y = fmaf(w, r.y, acc.y);
+        acc.z = fmaf(w, r.z, acc.z);
+        acc.w = fmaf(w, r.w, acc.w);
+      }
+      if (mine) st4(orow + col, acc);
+    }
+  }
+  if (threadIdx.x == 0 && blockIdx.x * kWarps < T) c.busy += globaltimer() - t0;
+  return true;
+}
+
+}  // namespace moe

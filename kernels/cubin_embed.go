@@ -1,0 +1,8 @@
+//go:build cubin
+
+package kernels
+
+import _ "embed" // the cubin, copied here by `make kernels`
+
+//go:embed moerun.cubin
+var embedded []byte

@@ -1,0 +1,64 @@
+// dispatch.cuh: kept token rows straight into the owners' heaps.
+//
+// Every block builds, in shared memory, the exclusive prefix of the kept
+// counts over all E experts. The kept pairs, ordered by expert and then by
+// token, form one list of P rows; warp w copies rows w, w + nwarps, ... Row g
+// of expert e (owner d = e / El) lands in d's receive region for this source
+// at row g - prefix[d*El]: grouped by d's local expert, token order inside an
+// expert, exact offsets, no padding. The row travels as 16-byte stores
+// through the NVLink mapping (nvshmem_ptr); lane 0 also stores the row's
+// return slot t*k+j. Block 0 stores the per-(source, local expert) counts.
+// The dispatch signals follow the next grid barrier (moe_kernel.cu).
+#pragma once
+
+#include "sync.cuh"
+
+namespace moe {
+
+__device__ inline void dispatch(Ctx& c) {
+  const MoeParams& p = c.p;
+  const int E = p.experts, El = p.experts_per_rank, H = p.hidden, k = p.topk;
+  const int* count = reinterpret_cast<const int*>(p.route_count);
+  const int* list = reinterpret_cast<const int*>(p.route_list);
+  const float* x = reinterpret_cast<const float*>(p.x);
+  int* pre = reinterpret_cast<int*>(c.sh.phase);  // [E + 1]
+  for (int e = threadIdx.x; e < E; e += kThreads) pre[e] = ld_cg(count + e);
+  __syncthreads();
+  const int total = block_exclusive_scan(pre, E, c.sh);
+
+  if (blockIdx.x == 0) {
+    for (int e = threadIdx.x; e < E; e += kThreads) {
+      const int d = e / El, le = e - d * El;
+      int* dst = reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_counts)) + p.rank * El + le;
+      *dst = pre[e + 1] - pre[e];
+    }
+  }
+
+  const int lane = threadIdx.x & 31;
+  const int gwarp = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  const int nwarps = gridDim.x * kWarps;
+  const int64_t rps = p.rows_per_source;
+  const int vecs = H / 4;
+  const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
+  uint64_t bytes = 0;
+  for (int g = gwarp; g < total; g += nwarps) {
+    const int e = upper_index(pre, E, g);
+    const int d = e / El;
+    const int pos = g - pre[e];
+    const int row = g - pre[d * El];
+    const int pair = ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + pos);
+    const int t = pair / k;
+    const int64_t drow = static_cast<int64_t>(p.rank) * rps + row;
+    const float4* src = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t) * H);
+    float4* dst = reinterpret_cast<float4*>(peer_heap(c, d, p.off_recv_rows) + drow * H * sizeof(float));
+    for (int v = lane; v < vecs; v += 32) dst[v] = __ldg(src + v);
+    if (lane == 0) {
+      reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_meta))[drow] = pair;
+      if (d != p.rank) bytes += static_cast<uint64_t>(H) * sizeof(float);
+    }
+  }
+  if (lane == 0) c.bytes += bytes;
+  if (threadIdx.x == 0 && blockIdx.x * kWarps < total) c.busy += globaltimer() - t0;
+}
+
+}  // namespace moe

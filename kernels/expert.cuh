@@ -1,0 +1,318 @@
+// expert.cuh: the expert FFN as tile tasks, handed out dynamically.
+//
+// Roles during this phase:
+// - the OS block (the last block) is the subscriber: it polls the W dispatch
+//   signals (bounded by the watchdog) and, as each source s arrives, decodes
+//   s's counts into row tiles (<= 64 rows of one (s, local expert)), writes
+//   their descriptors and publishes the arrival (arr_src / arr_task0 /
+//   arr_tile0, then arr_n with release). A source that sent no rows gets its
+//   return signal at once. After the last arrival it becomes a processor.
+// - processors take tasks:
+//   GEMM0 tickets from an atomic counter, in arrival order: ticket i is valid
+//     once a published arrival covers it; task = (row tile, I-column tile):
+//     act(A.W1 + b1) (or silu(A.Wg) * (A.Wu)) into the intermediate buffer.
+//     The block that completes the last GEMM0 tile of a row tile appends the
+//     row tile to the GEMM1 queue (g1_list).
+//   GEMM1 tasks = (queued row tile, H-column tile), reserved by CAS only
+//     while queued work exists, so a block never blocks on a GEMM1 slot that
+//     depends on a GEMM0 ticket it holds. The epilogue (+ b2) stores rows
+//     straight into the source's return buffer at row t*k+j; the block that
+//     completes a source's last GEMM1 task sends that source its return
+//     signal (after a system fence).
+// A processor exits when every source has arrived, GEMM0 tickets are
+// exhausted and every GEMM1 task has been taken.
+#pragma once
+
+#include "gemm.cuh"
+#include "sync.cuh"
+
+namespace moe {
+
+enum TaskType : int { kTaskNone = 0, kTaskG0 = 1, kTaskG1 = 2, kTaskExit = 3 };
+
+// The subscriber loop of the OS block. Returns false after an abort.
+__device__ inline bool os_subscribe(Ctx& c) {
+  const MoeParams& p = c.p;
+  const int W = p.world, El = p.experts_per_rank;
+  const int nt0 = p.ffn_hidden / kTileN, nt1 = p.hidden / kTileN;
+  MoeSched* s = sched_of(p);
+  const uint64_t* sig = reinterpret_cast<const uint64_t*>(my_heap(p, p.off_sig_dispatch));
+  int* rows = reinterpret_cast<int*>(c.sh.phase);  // [El + 1] row prefix
+  int* tiles = rows + (El + 1);                    // [El + 1] tile prefix
+  MoeRowTile* desc = reinterpret_cast<MoeRowTile*>(p.rt_desc);
+  uint64_t arrived = 0;  // bit s: source s decoded (thread 0's view)
+  uint64_t t0 = globaltimer();
+  for (int n = 0; n < W; ++n) {
+    if (threadIdx.x == 0) {
+      int found = -1;
+      unsigned ns = 32;
+      while (found < 0) {
+        for (int src = 0; src < W; ++src) {
+          if ((arrived >> src) & 1ull) continue;
+          if (ld_acquire_sys_u64(sig + src) >= c.seq) {
+            found = src;
+            break;
+          }
+        }
+        if (found >= 0) break;
+        int first = 0;
+        while ((arrived >> first) & 1ull) ++first;
+        if (wait_expired(c, t0, p.watchdog_ns, MOE_WAIT_DISPATCH, first, c.seq, ld_acquire_sys_u64(sig + first))) {
+          break;
+        }
+        __nanosleep(ns);
+        if (ns < 256) ns <<= 1;
+      }
+      c.sh.bcast[0] = found;
+      if (found >= 0) arrived |= 1ull << found;
+    }
+    __syncthreads();
+    const int src = c.sh.bcast[0];
+    if (src < 0) return false;
+    const uint64_t tw = threadIdx.x == 0 ? globaltimer() : 0;
+    const int* cnt = reinterpret_cast<const int*>(my_heap(p, p.off_recv_counts)) + src * El;
+    for (int le = threadIdx.x; le < El; le += kThreads) {
+      const int r = ld_cg(cnt + le);
+      rows[le] = r;
+      tiles[le] = (r + kTileM - 1) / kTileM;
+    }
+    __syncthreads();
+    block_exclusive_scan(rows, El, c.sh);
+    const int ntiles = block_exclusive_scan(tiles, El, c.sh);
+    const int tile0 = ld_cg(&s->arr_tile0[n]);
+    const int room = p.max_row_tiles - tile0;
+    if (ntiles > room) {  // cannot happen with a plan from symheap; refuse rather than overrun
+      if (threadIdx.x == 0) watchdog_trip(c, MOE_STATUS_BAD_PARAMS, MOE_WAIT_DISPATCH, src, 0, ntiles, room);
+      return false;
+    }
+    for (int i = threadIdx.x; i < ntiles; i += kThreads) {
+      const int le = upper_index(tiles, El, i);
+      const int mt = i - tiles[le];
+      const int nr = rows[le + 1] - rows[le];
+      MoeRowTile d;
+      d.src = src;
+      d.le = le;
+      d.row0 = rows[le] + mt * kTileM;
+      d.nrows = min(kTileM, nr - mt * kTileM);
+      desc[tile0 + i] = d;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      s->arr_src[n] = src;
+      s->arr_tile0[n + 1] = tile0 + ntiles;
+      s->arr_task0[n + 1] = ld_cg(&s->arr_task0[n]) + ntiles * nt0;
+      s->ret_target[src] = ntiles * nt1;
+      __threadfence();
+      st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(n + 1));
+      if (ntiles == 0) send_signal(c, p.off_sig_return, src);
+      c.busy += globaltimer() - tw;
+    }
+    __syncthreads();
+    t0 = globaltimer();  // the next source gets a full watchdog period from here
+  }
+  return true;
+}
+
+// Thread 0 picks the block's next task. Returns kTaskExit when all work has
+// been handed out, kTaskNone after an abort.
+__device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& rt, int& nt) {
+  const MoeParams& p = c.p;
+  MoeSched* s = sched_of(p);
+  const int W = p.world;
+  const int nt0 = p.ffn_hidden / kTileN, nt1 = p.hidden / kTileN;
+  const uint64_t t0 = globaltimer();
+  // Waiting for work is legitimate while a slow peer's rows are on their way:
+  // the OS block's watchdog covers that. This bound is only a backstop.
+  const uint64_t limit = 4 * p.watchdog_ns;
+  unsigned ns = 32;
+  for (;;) {
+    const int narr = static_cast<int>(ld_acquire_gpu_u32(&s->arr_n));
+    const bool all = narr == W;
+    if (!g0_done && g0_ticket < 0) g0_ticket = static_cast<int>(atomicAdd(&s->g0_next, 1u));
+    if (g0_ticket >= 0) {
+      if (g0_ticket < ld_cg(&s->arr_task0[narr])) {
+        int n = 0;
+        while (ld_cg(&s->arr_task0[n + 1]) <= g0_ticket) ++n;
+        const int local = g0_ticket - ld_cg(&s->arr_task0[n]);
+        rt = ld_cg(&s->arr_tile0[n]) + local / nt0;
+        nt = local % nt0;
+        g0_ticket = -1;
+        return kTaskG0;
+      }
+      if (all) {
+        g0_ticket = -1;
+        g0_done = true;
+      }
+    }
+    // GEMM1: reserve only tasks whose row tile is already queued.
+    const uint32_t avail = ld_acquire_gpu_u32(&s->g1_tail) * static_cast<uint32_t>(nt1);
+    uint32_t head = ld_relaxed_gpu_u32(&s->g1_head);
+    while (head < avail) {
+      const uint32_t old = atomicCAS(&s->g1_head, head, head + 1);
+      if (old == head) {
+        const uint32_t slot = head / nt1;
+        nt = static_cast<int>(head % nt1);
+        const uint64_t ts = globaltimer();
+        unsigned sns = 16;
+        for (;;) {
+          const uint32_t v = ld_acquire_gpu_u32(reinterpret_cast<const uint32_t*>(p.g1_list) + slot);
+          if (v != 0) {
+            rt = static_cast<int>(v) - 1;
+            return kTaskG1;
+          }
+          if (wait_expired(c, ts, p.watchdog_ns, MOE_WAIT_SLOT, -1, slot, 0)) return kTaskNone;
+          __nanosleep(sns);
+        }
+      }
+      head = old;
+    }
+    if (all && g0_done && head >= static_cast<uint32_t>(ld_cg(&s->arr_tile0[W])) * static_cast<uint32_t>(nt1)) {
+      return kTaskExit;
+    }
+    if (wait_expired(c, t0, limit, MOE_WAIT_TASK, -1, 0, narr)) return kTaskNone;
+    __nanosleep(ns);
+    if (ns < 512) ns <<= 1;
+  }
+}
+
+template <int NB>
+__device__ inline void run_gemm0(Ctx& c, const MoeRowTile& d, int rt, int nt) {
+  const MoeParams& p = c.p;
+  const int H = p.hidden, I = p.ffn_hidden;
+  const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;  // row in recv / inter
+  auto& s = *reinterpret_cast<GemmSmem<NB>*>(c.sh.phase);
+  GemmArgs<NB> g;
+  g.a = reinterpret_cast<const float*>(my_heap(p, p.off_recv_rows)) + grow * H;
+  g.lda = H;
+  g.mrows = d.nrows;
+  const int64_t wofs = static_cast<int64_t>(d.le) * H * I + static_cast<int64_t>(nt) * kTileN;
+  g.b[0] = reinterpret_cast<const float*>(p.w1) + wofs;
+  if (NB == 2) g.b[NB - 1] = reinterpret_cast<const float*>(p.wu) + wofs;
+  g.ldb = I;
+  g.ncols = kTileN;
+  g.K = H;
+  g.bvec = true;
+  float acc[NB][4][4];
+  gemm_tile<NB>(g, s, acc);
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int n = nt * kTileN + tx * 4;
+  float bias[4] = {0.f, 0.f, 0.f, 0.f};
+  if (NB == 1) {
+    const float4 b = __ldg(reinterpret_cast<const float4*>(reinterpret_cast<const float*>(p.b1) +
+                                                          static_cast<int64_t>(d.le) * I + n));
+    bias[0] = b.x; bias[1] = b.y; bias[2] = b.z; bias[3] = b.w;
+  }
+  float* out = reinterpret_cast<float*>(p.inter) + grow * I + n;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = ty * 4 + i;
+    if (r >= d.nrows) continue;
+    float v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (NB == 2) {
+        v[j] = act_silu(acc[0][i][j]) * acc[NB - 1][i][j];
+      } else {
+        const float h = acc[0][i][j] + bias[j];
+        v[j] = p.ffn == MOE_FFN_GELU ? act_gelu(h) : act_relu(h);
+      }
+    }
+    st4(out + static_cast<int64_t>(r) * I, make_float4(v[0], v[1], v[2], v[3]));
+  }
+  // Publish: the last GEMM0 tile of this row tile queues it for GEMM1.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    MoeSched* sc = sched_of(p);
+    __threadfence();
+    const unsigned done = atomicAdd(reinterpret_cast<unsigned*>(p.tile_done) + rt, 1u) + 1u;
+    if (done == static_cast<unsigned>(I / kTileN)) {
+      const unsigned pos = atomicAdd(&sc->g1_tail, 1u);
+      st_release_gpu_u32(reinterpret_cast<uint32_t*>(p.g1_list) + pos, static_cast<uint32_t>(rt + 1));
+    }
+  }
+}
+
+__device__ inline void run_gemm1(Ctx& c, const MoeRowTile& d, int nt) {
+  const MoeParams& p = c.p;
+  const int H = p.hidden, I = p.ffn_hidden;
+  const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
+  auto& s = *reinterpret_cast<GemmSmem<1>*>(c.sh.phase);
+  int* slots = reinterpret_cast<int*>(c.sh.phase + sizeof(GemmSmem<1>));
+  if (threadIdx.x < d.nrows) {
+    slots[threadIdx.x] = ld_cg(reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow + threadIdx.x);
+  }
+  GemmArgs<1> g;
+  g.a = reinterpret_cast<const float*>(p.inter) + grow * I;
+  g.lda = I;
+  g.mrows = d.nrows;
+  g.b[0] = reinterpret_cast<const float*>(p.w2) + static_cast<int64_t>(d.le) * I * H +
+           static_cast<int64_t>(nt) * kTileN;
+  g.ldb = H;
+  g.ncols = kTileN;
+  g.K = I;
+  g.bvec = true;
+  float acc[1][4][4];
+  gemm_tile<1>(g, s, acc);  // its first __syncthreads also publishes slots[]
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int n = nt * kTileN + tx * 4;
+  float bias[4] = {0.f, 0.f, 0.f, 0.f};
+  if (p.ffn != MOE_FFN_SWIGLU) {
+    const float4 b = __ldg(reinterpret_cast<const float4*>(reinterpret_cast<const float*>(p.b2) +
+                                                          static_cast<int64_t>(d.le) * H + n));
+    bias[0] = b.x; bias[1] = b.y; bias[2] = b.z; bias[3] = b.w;
+  }
+  float* ret = reinterpret_cast<float*>(peer_heap(c, d.src, p.off_ret_rows));
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = ty * 4 + i;
+    if (r >= d.nrows) continue;
+    const int64_t slot = slots[r];
+    st4(ret + slot * H + n, make_float4(acc[0][i][0] + bias[0], acc[0][i][1] + bias[1], acc[0][i][2] + bias[2],
+                                        acc[0][i][3] + bias[3]));
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    if (d.src != p.rank) c.bytes += static_cast<uint64_t>(d.nrows) * kTileN * sizeof(float);
+    MoeSched* sc = sched_of(p);
+    __threadfence_system();
+    const int done = atomicAdd(&sc->ret_done[d.src], 1) + 1;
+    if (done == ld_cg(&sc->ret_target[d.src])) send_signal(c, p.off_sig_return, d.src);
+  }
+}
+
+// The processor loop. Returns false after an abort.
+__device__ inline bool process(Ctx& c) {
+  const MoeParams& p = c.p;
+  const MoeRowTile* desc = reinterpret_cast<const MoeRowTile*>(p.rt_desc);
+  int g0_ticket = -1, rt = 0, nt = 0;
+  bool g0_done = false;
+  for (;;) {
+    if (threadIdx.x == 0) {
+      const int type = next_task(c, g0_ticket, g0_done, rt, nt);
+      c.sh.bcast[0] = type;
+      c.sh.bcast[1] = rt;
+      c.sh.bcast[2] = nt;
+    }
+    __syncthreads();
+    const int type = c.sh.bcast[0];
+    const int trt = c.sh.bcast[1], tnt = c.sh.bcast[2];
+    if (type == kTaskNone) return false;
+    if (type == kTaskExit) return true;
+    const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
+    const int4 dv = __ldcg(reinterpret_cast<const int4*>(desc + trt));
+    MoeRowTile d;
+    d.src = dv.x; d.le = dv.y; d.row0 = dv.z; d.nrows = dv.w;
+    if (type == kTaskG0) {
+      if (p.ffn == MOE_FFN_SWIGLU) run_gemm0<2>(c, d, trt, tnt); else run_gemm0<1>(c, d, trt, tnt);
+    } else {
+      run_gemm1(c, d, tnt);
+    }
+    if (threadIdx.x == 0) {
+      c.busy += globaltimer() - t0;
+      c.tasks += 1;
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,89 @@
+# kernels/kernels.mk: builds the moerun kernel (device code only) to a cubin.
+#
+# Use from the repository root, either included by the top-level Makefile
+#     include kernels/kernels.mk
+# or on its own
+#     make -f kernels/kernels.mk kernels        # build/moerun.cubin + kernels/moerun.cubin
+#     make -f kernels/kernels.mk kernels-sass   # build/moerun.sass (needs cuobjdump + nvdisasm)
+#     make -f kernels/kernels.mk kernels-info   # the toolchain it found
+#     make -f kernels/kernels.mk kernels-clean
+#
+# Inputs (all optional; environment or command line):
+#   CUDA_HOME     a CUDA toolkit with bin/nvcc (default: kernels/find-toolchain.sh:
+#                 $CUDA_HOME, /usr/local/cuda, the nvidia-cuda-nvcc wheel of a venv)
+#   NVSHMEM_HOME  an NVSHMEM with include/nvshmem.h and lib/libnvshmem_device.a
+#                 (default: the nvidia-nvshmem-cu13 wheel of the same Pythons)
+#   VENV          the Python venv to search first (default .venv-cuda)
+#   BUILD         output folder (default build)
+#   KERNEL_ARCH   default sm_90a (the kernel needs Hopper)
+#   NVCC_EXTRA    extra nvcc flags
+# Outputs:
+#   $(BUILD)/moerun.cubin   device-linked with libnvshmem_device.a
+#   $(BUILD)/ptxas.txt      ptxas resource report (-Xptxas -v): registers, smem, spills
+#   kernels/moerun.cubin    a copy for `go build -tags cubin` (//go:embed); *.cubin is git-ignored
+# The cubin exports moerun_abi_version, moerun_params_size and
+# moerun_nvshmem_version[3] (the NVSHMEM device library it was linked with),
+# which the host checks before the first launch.
+
+KERNELS_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+VENV ?= .venv-cuda
+BUILD ?= build
+KERNEL_ARCH ?= sm_90a
+NVCC_EXTRA ?=
+
+FIND_TOOLCHAIN := bash $(KERNELS_DIR)/find-toolchain.sh
+ifeq ($(strip $(CUDA_HOME)),)
+CUDA_HOME := $(shell $(FIND_TOOLCHAIN) cuda $(VENV))
+endif
+ifeq ($(strip $(NVSHMEM_HOME)),)
+NVSHMEM_HOME := $(shell $(FIND_TOOLCHAIN) nvshmem $(VENV))
+endif
+NVCC := $(CUDA_HOME)/bin/nvcc
+
+KERNEL_SRCS := $(KERNELS_DIR)/moe_kernel.cu
+KERNEL_HDRS := $(wildcard $(KERNELS_DIR)/*.cuh) $(KERNELS_DIR)/params.h
+KERNEL_OBJS := $(patsubst $(KERNELS_DIR)/%.cu,$(BUILD)/kernels/%.o,$(KERNEL_SRCS))
+KERNEL_CUBIN := $(BUILD)/moerun.cubin
+
+NVCC_FLAGS := -rdc=true -arch=$(KERNEL_ARCH) -O3 -std=c++17 -lineinfo \
+	-I$(NVSHMEM_HOME)/include -I$(KERNELS_DIR) -Xptxas -v $(NVCC_EXTRA)
+
+.PHONY: kernels kernels-sass kernels-info kernels-clean kernels-check-toolchain
+
+kernels: $(KERNEL_CUBIN) $(KERNELS_DIR)/moerun.cubin
+
+kernels-check-toolchain:
+	@test -x "$(NVCC)" || { echo "kernels: no nvcc found (CUDA_HOME='$(CUDA_HOME)'); set CUDA_HOME, install CUDA, or create $(VENV) with nvidia-cuda-nvcc" >&2; exit 1; }
+	@test -f "$(NVSHMEM_HOME)/lib/libnvshmem_device.a" || { echo "kernels: no NVSHMEM device library found (NVSHMEM_HOME='$(NVSHMEM_HOME)'); set NVSHMEM_HOME or install nvidia-nvshmem-cu13 in $(VENV)" >&2; exit 1; }
+
+kernels-info: kernels-check-toolchain
+	@echo "CUDA_HOME=$(CUDA_HOME)"
+	@echo "NVSHMEM_HOME=$(NVSHMEM_HOME)"
+	@$(NVCC) --version | tail -2
+
+$(BUILD)/kernels/%.o: $(KERNELS_DIR)/%.cu $(KERNEL_HDRS) | kernels-check-toolchain
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@ 2> $@.ptxas || { cat $@.ptxas >&2; exit 1; }
+
+$(KERNEL_CUBIN): $(KERNEL_OBJS)
+	$(NVCC) -dlink -cubin -arch=$(KERNEL_ARCH) $(KERNEL_OBJS) -L$(NVSHMEM_HOME)/lib -lnvshmem_device -o $@
+	@cat $(KERNEL_OBJS:.o=.o.ptxas) > $(BUILD)/ptxas.txt
+	@echo "kernels: $@ ($$(wc -c < $@) bytes); ptxas report in $(BUILD)/ptxas.txt:"
+	@grep -A2 "entry function 'moerun_moe'" $(BUILD)/ptxas.txt | grep -v "Compiling" || true
+
+$(KERNELS_DIR)/moerun.cubin: $(KERNEL_CUBIN)
+	cp $< $@
+
+kernels-sass: $(KERNEL_CUBIN)
+	@CUOBJDUMP=$$($(FIND_TOOLCHAIN) tool cuobjdump $(VENV)); NVDISASM=$$($(FIND_TOOLCHAIN) tool nvdisasm $(VENV)); \
+	if [ -z "$$CUOBJDUMP" ] || [ -z "$$NVDISASM" ]; then \
+		echo "kernels-sass: skipped: cuobjdump and nvdisasm are both needed (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm, or a CUDA toolkit)"; \
+	else \
+		PATH=$$(dirname $$NVDISASM):$$PATH $$CUOBJDUMP -sass $(KERNEL_CUBIN) > $(BUILD)/moerun.sass && \
+		PATH=$$(dirname $$NVDISASM):$$PATH $$CUOBJDUMP -res-usage $(KERNEL_CUBIN) > $(BUILD)/moerun.res && \
+		echo "kernels-sass: $(BUILD)/moerun.sass, $(BUILD)/moerun.res; local-memory ops in moerun_moe:" && \
+		awk '/Function : moerun_moe/{f=1;next} /Function :/{f=0} f && /LDL|STL/{n++} END{print n+0}' $(BUILD)/moerun.sass; \
+	fi
+
+kernels-clean:
+	rm -rf $(BUILD)/kernels $(KERNEL_CUBIN) $(BUILD)/ptxas.txt $(BUILD)/moerun.sass $(BUILD)/moerun.res $(KERNELS_DIR)/moerun.cubin

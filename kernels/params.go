@@ -1,0 +1,193 @@
+// Package kernels holds moerun's persistent MoE kernel: the CUDA sources
+// (device code only, built to a cubin by kernels.mk), the cubin itself when
+// the binary is built with -tags cubin, and the Go mirror of params.h, the
+// one declaration of what crosses from the host to the kernel.
+//
+// Every struct here mirrors its C twin in params.h field by field (fixed
+// width, explicit padding); TestLayoutMatchesParamsH compiles params.h with
+// cgo and compares the size and every field offset.
+package kernels
+
+import "unsafe"
+
+// Constants shared with params.h (TestConstantsMatchParamsH compares them).
+const (
+	ABIVersion = 1 // MOE_ABI_VERSION
+
+	Threads       = 256  // MOE_THREADS: threads per block
+	TileM         = 64   // MOE_TILE_M: rows (tokens) per GEMM tile
+	TileN         = 64   // MOE_TILE_N: columns per GEMM tile
+	TileK         = 16   // MOE_TILE_K
+	MaxWorld      = 64   // MOE_MAX_WORLD
+	MaxTopK       = 32   // MOE_MAX_TOPK
+	GateMaxSplit  = 4    // MOE_GATE_MAX_SPLIT
+	MaxExperts    = 4096 // MOE_MAX_EXPERTS
+	ShapeMultiple = 64   // MOE_SHAPE_MULTIPLE: H and I must be multiples of it
+
+	FFNReLU   = 0 // MOE_FFN_RELU
+	FFNGeLU   = 1 // MOE_FFN_GELU
+	FFNSwiGLU = 2 // MOE_FFN_SWIGLU
+
+	DTypeFP32 = 0 // MOE_DTYPE_FP32
+	DTypeTF32 = 1 // MOE_DTYPE_TF32
+	DTypeBF16 = 2 // MOE_DTYPE_BF16
+
+	RouteSoftmax = 0 // MOE_ROUTE_SOFTMAX
+	RouteSkew    = 1 // MOE_ROUTE_SKEW
+
+	StatusOK        = 0 // MOE_STATUS_OK
+	StatusWatchdog  = 1 // MOE_STATUS_WATCHDOG
+	StatusNotP2P    = 2 // MOE_STATUS_NOT_P2P
+	StatusBadParams = 3 // MOE_STATUS_BAD_PARAMS
+
+	WaitNone     = 0 // MOE_WAIT_NONE
+	WaitDispatch = 1 // MOE_WAIT_DISPATCH
+	WaitReturn   = 2 // MOE_WAIT_RETURN
+	WaitBarrier  = 3 // MOE_WAIT_BARRIER
+	WaitTask     = 4 // MOE_WAIT_TASK
+	WaitSlot     = 5 // MOE_WAIT_SLOT
+)
+
+// Names of the kernel and of the globals the host reads from the module.
+const (
+	KernelName        = "moerun_moe"
+	SymABIVersion     = "moerun_abi_version"
+	SymParamsSize     = "moerun_params_size"
+	SymNVSHMEMVersion = "moerun_nvshmem_version" // int[3]: major, minor, patch
+)
+
+// Params mirrors MoeParams: the kernel's only argument, by value.
+type Params struct {
+	Tokens            int32    `c:"tokens"`
+	MaxTokens         int32    `c:"max_tokens"`
+	Hidden            int32    `c:"hidden"`
+	FFNHidden         int32    `c:"ffn_hidden"`
+	Experts           int32    `c:"experts"`
+	TopK              int32    `c:"topk"`
+	World             int32    `c:"world"`
+	Rank              int32    `c:"rank"`
+	ExpertsPerRank    int32    `c:"experts_per_rank"`
+	RowsPerSource     int32    `c:"rows_per_source"`
+	Capacity          int32    `c:"capacity"`
+	FFN               int32    `c:"ffn"`
+	DType             int32    `c:"dtype"`
+	Route             int32    `c:"route"`
+	Renormalize       int32    `c:"renormalize"`
+	GateKSplit        int32    `c:"gate_ksplit"`
+	DebugWithholdPeer int32    `c:"debug_withhold_peer"`
+	MaxRowTiles       int32    `c:"max_row_tiles"`
+	Pad0              [2]int32 `c:"_pad0"`
+	WatchdogNs        uint64   `c:"watchdog_ns"`
+
+	HeapBase       uint64 `c:"heap_base"`
+	OffRecvRows    uint64 `c:"off_recv_rows"`
+	OffRecvMeta    uint64 `c:"off_recv_meta"`
+	OffRecvCounts  uint64 `c:"off_recv_counts"`
+	OffRetRows     uint64 `c:"off_ret_rows"`
+	OffSigDispatch uint64 `c:"off_sig_dispatch"`
+	OffSigReturn   uint64 `c:"off_sig_return"`
+	OffSeq         uint64 `c:"off_seq"`
+	OffStatus      uint64 `c:"off_status"`
+
+	X          uint64 `c:"x"`
+	Out        uint64 `c:"out"`
+	Logits     uint64 `c:"logits"`
+	LogitsPart uint64 `c:"logits_part"`
+	TopKIdx    uint64 `c:"topk_idx"`
+	TopKW      uint64 `c:"topk_w"`
+	GateW      uint64 `c:"gate_w"`
+	W1         uint64 `c:"w1"`
+	B1         uint64 `c:"b1"`
+	W2         uint64 `c:"w2"`
+	B2         uint64 `c:"b2"`
+	Wu         uint64 `c:"wu"`
+	Inter      uint64 `c:"inter"`
+	RouteList  uint64 `c:"route_list"`
+	RouteCount uint64 `c:"route_count"`
+	Sched      uint64 `c:"sched"`
+	RTDesc     uint64 `c:"rt_desc"`
+	TileDone   uint64 `c:"tile_done"`
+	G1List     uint64 `c:"g1_list"`
+}
+
+// Status mirrors MoeStatus, the block the kernel reports through.
+type Status struct {
+	Code      uint32 `c:"code"`
+	Abort     uint32 `c:"abort"`
+	Rank      int32  `c:"rank"`
+	Kind      int32  `c:"kind"`
+	Peer      int32  `c:"peer"`
+	Block     int32  `c:"block"`
+	Seq       uint64 `c:"seq"`
+	ElapsedNs uint64 `c:"elapsed_ns"`
+	Target    uint64 `c:"target"`
+	Observed  uint64 `c:"observed"`
+	BytesPut  uint64 `c:"bytes_put"`
+	BusyNs    uint64 `c:"busy_ns"`
+	TStart    uint64 `c:"t_start"`
+	TEnd      uint64 `c:"t_end"`
+	Tasks     uint64 `c:"tasks"`
+	Pad1      uint64 `c:"_pad1"`
+}
+
+// RowTile mirrors MoeRowTile.
+type RowTile struct {
+	Src   int32 `c:"src"`
+	LE    int32 `c:"le"`
+	Row0  int32 `c:"row0"`
+	NRows int32 `c:"nrows"`
+}
+
+// Sched mirrors MoeSched (the kernel's scheduler state).
+type Sched struct {
+	Barrier   uint64               `c:"barrier"`
+	G0Next    uint32               `c:"g0_next"`
+	G1Head    uint32               `c:"g1_head"`
+	G1Tail    uint32               `c:"g1_tail"`
+	ArrN      uint32               `c:"arr_n"`
+	ArrSrc    [MaxWorld]int32      `c:"arr_src"`
+	ArrTask0  [MaxWorld + 1]int32  `c:"arr_task0"`
+	ArrTile0  [MaxWorld + 1]int32  `c:"arr_tile0"`
+	RetDone   [MaxWorld]int32      `c:"ret_done"`
+	RetTarget [MaxWorld]int32      `c:"ret_target"`
+}
+
+// Sizes of the mirrored structs in bytes.
+const (
+	ParamsSize  = unsafe.Sizeof(Params{})
+	StatusSize  = unsafe.Sizeof(Status{})
+	RowTileSize = unsafe.Sizeof(RowTile{})
+	SchedSize   = unsafe.Sizeof(Sched{})
+)
+
+// Bytes is p exactly as the kernel reads its argument (little-endian, the
+// layout params.h fixes), for cuda.Driver.LaunchCooperative.
+func (p *Params) Bytes() []byte {
+	b := make([]byte, ParamsSize)
+	copy(b, unsafe.Slice((*byte)(unsafe.Pointer(p)), ParamsSize))
+	return b
+}
+
+// StatusFromBytes decodes a status block read back from the device.
+func StatusFromBytes(b []byte) Status {
+	var s Status
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&s)), StatusSize), b)
+	return s
+}
+
+// WaitName says in words what a MoeStatus.kind waited for.
+func WaitName(kind int32) string {
+	switch kind {
+	case WaitDispatch:
+		return "the dispatch signal"
+	case WaitReturn:
+		return "the return signal"
+	case WaitBarrier:
+		return "an in-kernel grid barrier"
+	case WaitTask:
+		return "work (no task became available)"
+	case WaitSlot:
+		return "a GEMM1 queue slot"
+	}
+	return "nothing"
+}
