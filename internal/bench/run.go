@@ -126,8 +126,9 @@ func Run(env Env, o Options) int {
 		printHeader(env.Stdout, rep, o)
 	}
 	failed := 0
+	var refs refWeights
 	for i, cfg := range cfgs {
-		row, err := runOne(env, b, cfg, o, i, len(cfgs) > 1)
+		row, err := runOne(env, b, &refs, cfg, o, i, len(cfgs) > 1)
 		if err != nil && !errors.Is(err, errVerify) {
 			return fatal(fmt.Errorf("config %v: %w", cfg, err))
 		}
@@ -162,7 +163,7 @@ func errOut(env Env) io.Writer {
 
 // runOne runs one config on this rank and returns the row (identical on
 // every rank: all figures are reduced across ranks).
-func runOne(env Env, b backend.Backend, cfg config.Layer, o Options, index int, multi bool) (Row, error) {
+func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Options, index int, multi bool) (Row, error) {
 	c := env.Comm
 	w, me := c.Size(), c.Rank()
 	row := Row{Config: cfg}
@@ -253,9 +254,10 @@ func runOne(env Env, b backend.Backend, cfg config.Layer, o Options, index int, 
 	if !o.Verify {
 		return row, nil
 	}
+	ref := refs.get(cfg)
 	check := reference.Check(reference.CheckInput{
-		Cfg: cfg, X: x, Gate: datagen.Gate(cfg),
-		Expert:     reference.CachedExperts(cfg, 2<<30),
+		Cfg: cfg, X: x, Gate: ref.gate,
+		Expert:     ref.experts,
 		Out:        res.Out,
 		TopKIdx:    res.TopKIdx,
 		MaxChecked: reference.SampleBudget(cfg, 4e9),
@@ -323,4 +325,22 @@ func bitwiseDiffs(a, b []float32) int {
 		}
 	}
 	return n
+}
+
+// refWeights keeps the reference's gate and expert cache while consecutive
+// configs share weights (configs differ fastest in tokens and capacity), so
+// that verification does not regenerate them for every config.
+type refWeights struct {
+	key     config.Layer
+	gate    []float32
+	experts reference.ExpertSource
+}
+
+func (r *refWeights) get(c config.Layer) *refWeights {
+	k := c
+	k.Tokens, k.CapacityFactor, k.Renormalize, k.Route = 0, 0, false, ""
+	if r.gate == nil || r.key != k {
+		r.key, r.gate, r.experts = k, datagen.Gate(c), reference.CachedExperts(c, 2<<30)
+	}
+	return r
 }
