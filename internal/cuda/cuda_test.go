@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -143,6 +144,21 @@ func fakeDriver(t *testing.T) *Driver {
 	return d
 }
 
+func TestLoadFailsWhenDriverSeesNoGPU(t *testing.T) {
+	fakeDriver(t) // builds the fake
+	t.Setenv("FAKECUDA_NO_DEVICE", "1")
+	d, err := LoadFrom(fakePath)
+	if d != nil || err == nil {
+		t.Fatalf("LoadFrom = %v, %v; want an error", d, err)
+	}
+	if got, want := err.Error(), "cuInit(0): CUDA_ERROR_NO_DEVICE: no CUDA-capable device is detected"; got != want {
+		t.Errorf("error = %q, want %q", got, want)
+	}
+	if !errors.Is(err, ErrorNoDevice) {
+		t.Error("errors.Is(err, ErrorNoDevice) = false")
+	}
+}
+
 func TestFakeDriverDevices(t *testing.T) {
 	d := fakeDriver(t)
 	if v, err := d.DriverVersion(); err != nil || v != 13000 {
@@ -194,11 +210,18 @@ func TestFakeDriverDevices(t *testing.T) {
 	if err != nil || ctx == 0 {
 		t.Fatalf("PrimaryCtxRetain = %#x, %v", ctx, err)
 	}
+	// The fake keeps the current context per thread, as CUDA does.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := d.CtxSetCurrent(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// The fake keeps the current context per thread, as CUDA does; this
-	// goroutine may move, so only check what does not depend on the thread.
+	if c, err := d.CtxGetCurrent(); c != ctx || err != nil {
+		t.Errorf("CtxGetCurrent = %#x, %v; want %#x", c, err, ctx)
+	}
+	if cd, err := d.CtxGetDevice(); cd != dev || err != nil {
+		t.Errorf("CtxGetDevice = %d, %v", cd, err)
+	}
 	if err := d.CtxSynchronize(); err != nil {
 		t.Error(err)
 	}

@@ -180,8 +180,8 @@ var symbols = [numSyms]symbolSpec{
 	symEventRecord:             req("cuEventRecord"),
 	symEventSynchronize:        req("cuEventSynchronize"),
 	symEventQuery:              req("cuEventQuery"),
-	// cuEventElapsedTime_v2 is new in CUDA 12.8; the old name has the same
-	// prototype and serves older drivers.
+	// cuda.h 13.0 maps the name to cuEventElapsedTime_v2; drivers older than
+	// that symbol have only cuEventElapsedTime, with the same prototype.
 	symEventElapsedTime:  req("cuEventElapsedTime", "cuEventElapsedTime_v2", "cuEventElapsedTime"),
 	symEventDestroy:      req("cuEventDestroy", "cuEventDestroy_v2"),
 	symModuleLoadData:    req("cuModuleLoadData"),
@@ -190,7 +190,8 @@ var symbols = [numSyms]symbolSpec{
 	symModuleGetGlobal:   req("cuModuleGetGlobal", "cuModuleGetGlobal_v2"),
 	symFuncSetAttribute:  req("cuFuncSetAttribute"),
 	symFuncGetAttribute:  req("cuFuncGetAttribute"),
-	// CUDA 12.4 and 12.3: used for checks and messages only.
+	// Newer drivers only (CUDA 12.4 and 12.3); used for the launch argument
+	// check and for messages, skipped where missing.
 	symFuncGetParamInfo: opt("cuFuncGetParamInfo"),
 	symFuncGetName:      opt("cuFuncGetName"),
 	symOccupancyMaxActiveBlocksPerMultiprocessor: req("cuOccupancyMaxActiveBlocksPerMultiprocessor"),
@@ -223,7 +224,7 @@ func Load() (*Driver, error) {
 	for _, name := range libNames {
 		d, err := open(name)
 		if err == nil {
-			return d, d.init()
+			return d.init()
 		}
 		if _, ok := err.(*dlopenError); !ok {
 			return nil, err // the library is there but unusable
@@ -238,9 +239,12 @@ func Load() (*Driver, error) {
 func LoadFrom(path string) (*Driver, error) {
 	d, err := open(path)
 	if err != nil {
-		return nil, fmt.Errorf("CUDA driver not found: %w", err)
+		if _, ok := err.(*dlopenError); ok {
+			return nil, fmt.Errorf("CUDA driver not found: %w", err)
+		}
+		return nil, err
 	}
-	return d, d.init()
+	return d.init()
 }
 
 // Path is the name the driver library was opened by.
@@ -310,8 +314,13 @@ func open(path string) (*Driver, error) {
 	return d, nil
 }
 
-func (d *Driver) init() error {
-	return d.check(C.mr_cuInit(d.fn[symInit], 0), symInit, "0")
+// init calls cuInit(0) and returns d, or the error (with CUDA_ERROR_NO_DEVICE
+// where the driver is installed but sees no GPU).
+func (d *Driver) init() (*Driver, error) {
+	if err := d.check(C.mr_cuInit(d.fn[symInit], 0), symInit, "0"); err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // DriverVersion is the CUDA version the driver supports, as 1000*major +

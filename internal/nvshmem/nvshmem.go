@@ -52,8 +52,10 @@ const LibName = "libnvshmem_host.so.3"
 const UIDPluginName = "nvshmem_bootstrap_uid.so.3"
 
 // UniqueID is an NVSHMEM unique id (nvshmemx_uniqueid_t, 128 bytes): made by
-// one rank with GetUniqueID and sent to all the others.
-type UniqueID [128]byte
+// one rank with GetUniqueID and sent to all the others. It is an alias, so
+// that GetUniqueID is a func() ([128]byte, error) as bootstrap.BroadcastID
+// takes.
+type UniqueID = [128]byte
 
 // Status is nvshmemx_init_status's answer.
 type Status int

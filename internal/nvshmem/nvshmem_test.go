@@ -329,3 +329,6 @@ func TestMissingUIDPluginIsAnErrorNotACrash(t *testing.T) {
 		t.Errorf("InitWithUniqueID: %v", err)
 	}
 }
+
+// GetUniqueID fits bootstrap.BroadcastID's id maker, func() ([128]byte, error).
+var _ func(*Lib) ([128]byte, error) = (*Lib).GetUniqueID

@@ -15,6 +15,7 @@
 #define FAKE_INVALID_VALUE 1
 #define FAKE_OOM 2
 #define FAKE_TOO_LARGE 720
+#define FAKE_NO_DEVICE 100
 
 static int initialised;
 
@@ -27,6 +28,7 @@ CUresult cuGetErrorName(CUresult e, const char **s) {
 	case FAKE_NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; return 0;
 	case FAKE_NOT_READY: *s = "CUDA_ERROR_NOT_READY"; return 0;
 	case FAKE_TOO_LARGE: *s = "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE"; return 0;
+	case FAKE_NO_DEVICE: *s = "CUDA_ERROR_NO_DEVICE"; return 0;
 	}
 	*s = NULL;
 	return FAKE_INVALID_VALUE;
@@ -41,13 +43,17 @@ CUresult cuGetErrorString(CUresult e, const char **s) {
 	case FAKE_NOT_FOUND: *s = "named symbol not found"; return 0;
 	case FAKE_NOT_READY: *s = "device not ready"; return 0;
 	case FAKE_TOO_LARGE: *s = "too many blocks in cooperative launch"; return 0;
+	case FAKE_NO_DEVICE: *s = "no CUDA-capable device is detected"; return 0;
 	}
 	*s = NULL;
 	return FAKE_INVALID_VALUE;
 }
 
+// cuInit fails as on a machine whose driver sees no GPU when
+// FAKECUDA_NO_DEVICE is set.
 CUresult cuInit(unsigned int flags) {
 	if (flags != 0) return FAKE_INVALID_VALUE;
+	if (getenv("FAKECUDA_NO_DEVICE") != NULL) return FAKE_NO_DEVICE;
 	initialised = 1;
 	return 0;
 }
