@@ -69,7 +69,7 @@ $(KERNEL_CUBIN): $(KERNEL_OBJS)
 	$(NVCC) -dlink -cubin -arch=$(KERNEL_ARCH) $(KERNEL_OBJS) -L$(NVSHMEM_HOME)/lib -lnvshmem_device -o $@
 	@cat $(KERNEL_OBJS:.o=.o.ptxas) > $(BUILD)/ptxas.txt
 	@echo "kernels: $@ ($$(wc -c < $@) bytes); ptxas report in $(BUILD)/ptxas.txt:"
-	@grep -A2 "entry function 'moerun_moe'" $(BUILD)/ptxas.txt | grep -v "Compiling" || true
+	@grep -A3 "entry function 'moerun_moe'" $(BUILD)/ptxas.txt | grep -v "Compiling" || true
 
 $(KERNELS_DIR)/moerun.cubin: $(KERNEL_CUBIN)
 	cp $< $@

@@ -140,16 +140,16 @@ type RowTile struct {
 
 // Sched mirrors MoeSched (the kernel's scheduler state).
 type Sched struct {
-	Barrier   uint64               `c:"barrier"`
-	G0Next    uint32               `c:"g0_next"`
-	G1Head    uint32               `c:"g1_head"`
-	G1Tail    uint32               `c:"g1_tail"`
-	ArrN      uint32               `c:"arr_n"`
-	ArrSrc    [MaxWorld]int32      `c:"arr_src"`
-	ArrTask0  [MaxWorld + 1]int32  `c:"arr_task0"`
-	ArrTile0  [MaxWorld + 1]int32  `c:"arr_tile0"`
-	RetDone   [MaxWorld]int32      `c:"ret_done"`
-	RetTarget [MaxWorld]int32      `c:"ret_target"`
+	Barrier   uint64              `c:"barrier"`
+	G0Next    uint32              `c:"g0_next"`
+	G1Head    uint32              `c:"g1_head"`
+	G1Tail    uint32              `c:"g1_tail"`
+	ArrN      uint32              `c:"arr_n"`
+	ArrSrc    [MaxWorld]int32     `c:"arr_src"`
+	ArrTask0  [MaxWorld + 1]int32 `c:"arr_task0"`
+	ArrTile0  [MaxWorld + 1]int32 `c:"arr_tile0"`
+	RetDone   [MaxWorld]int32     `c:"ret_done"`
+	RetTarget [MaxWorld]int32     `c:"ret_target"`
 }
 
 // Sizes of the mirrored structs in bytes.

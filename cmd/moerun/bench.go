@@ -12,7 +12,6 @@ import (
 	"github.com/moerun/moerun/internal/bench"
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/cpubackend"
-	"github.com/moerun/moerun/internal/gpuinfo"
 	"github.com/moerun/moerun/internal/logging"
 	"github.com/moerun/moerun/internal/version"
 )
@@ -43,7 +42,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	env := bench.Env{
 		Comm:       world.Comm,
 		Log:        log,
-		GPUVisible: gpuinfo.Count() > 0,
+		GPUVisible: gpuVisible(),
 		Agree: func(st config.Static) error {
 			return bootstrap.CheckAgreement(world.Comm, st, version.String())
 		},

@@ -1,16 +1,49 @@
 package main
 
 import (
-	"fmt"
-
 	"github.com/rs/zerolog"
 
 	"github.com/moerun/moerun/bootstrap"
 	"github.com/moerun/moerun/internal/backend"
 	"github.com/moerun/moerun/internal/bench"
+	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/cuda"
+	"github.com/moerun/moerun/internal/gpubackend"
+	"github.com/moerun/moerun/symheap"
 )
 
-// openGPU opens the persistent-kernel backend on this rank's GPU.
+// openGPU opens the persistent-kernel backend on this rank's GPU, with the
+// symmetric heap sized for the largest of the configs to run.
 func openGPU(world *bootstrap.World, o bench.Options, log zerolog.Logger) (backend.Backend, error) {
-	return nil, fmt.Errorf("the GPU backend is not part of this build")
+	var heap uint64
+	for _, c := range o.Configs(config.FP32) {
+		if lay, err := symheap.Plan(c, world.Size); err == nil {
+			heap = max(heap, lay.SymTotal)
+		}
+	}
+	b, err := gpubackend.Open(world.Comm, world.LocalRank, gpubackend.Options{
+		Cubin:             o.Cubin,
+		Watchdog:          o.Watchdog,
+		DebugWithholdPeer: o.DebugWithholdSignal,
+		HeapBytes:         heap,
+		Log:               log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	k := b.Kernel()
+	log.Info().Str("card", b.Card()).Int("grid", k.Grid).Int("blocks_per_sm", k.BlocksPerSM).
+		Int("registers", k.Registers).Int("smem", k.StaticSmem).Uint64("heap", heap).Msg("GPU backend ready")
+	return b, nil
+}
+
+// gpuVisible says whether CUDA sees a GPU here (it honours
+// CUDA_VISIBLE_DEVICES, which NVML does not).
+func gpuVisible() bool {
+	d, err := cuda.Load()
+	if err != nil {
+		return false
+	}
+	n, err := d.DeviceCount()
+	return err == nil && n > 0
 }

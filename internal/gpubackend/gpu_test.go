@@ -1,0 +1,308 @@
+package gpubackend
+
+import (
+	"math"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/cuda"
+	"github.com/moerun/moerun/internal/datagen"
+	"github.com/moerun/moerun/internal/transport"
+	"github.com/moerun/moerun/kernels"
+)
+
+// needHopper skips the test where there is no Hopper GPU to run on.
+func needHopper(t *testing.T) {
+	t.Helper()
+	d, err := cuda.Load()
+	if err != nil {
+		t.Skip("no GPU: ", err)
+	}
+	n, err := d.DeviceCount()
+	if err != nil || n == 0 {
+		t.Skip("no GPU: no CUDA device visible")
+	}
+	dev, err := d.DeviceGet(0)
+	if err != nil {
+		t.Skip("no GPU: ", err)
+	}
+	if maj, min, err := d.ComputeCapability(dev); err != nil || maj != 9 || min != 0 {
+		t.Skipf("no GPU the kernel runs on: device 0 is sm_%d%d (%v)", maj, min, err)
+	}
+	if os.Getenv(kernels.EnvCubin) == "" && !kernels.Embedded() {
+		for _, p := range []string{"../../build/moerun.cubin", "../../kernels/moerun.cubin"} {
+			if _, err := os.Stat(p); err == nil {
+				t.Setenv(kernels.EnvCubin, p)
+				return
+			}
+		}
+		t.Fatal("a Hopper GPU is here but no kernel cubin: run `make kernels` or set MOERUN_CUBIN")
+	}
+}
+
+// ref is a plain float64 computation of one rank's forward on one rank
+// (world 1): every expert is local, capacity counts this rank's pairs.
+type ref struct {
+	out    []float64 // [T, H]
+	w      []float64 // [T, k]: combine weights of the kernel's ids (0 when dropped)
+	logits []float64 // [T, E]
+}
+
+func reference(t *testing.T, c config.Layer, x []float32, ids []int32) ref {
+	t.Helper()
+	T, H, I, E, k := c.Tokens, c.Hidden, c.FFNHidden, c.Experts, c.TopK
+	gate := datagen.Gate(c)
+	ex := make([]datagen.Expert, E)
+	for e := range ex {
+		ex[e] = datagen.ExpertWeights(c, e)
+	}
+	r := ref{out: make([]float64, T*H), w: make([]float64, T*k), logits: make([]float64, T*E)}
+	capacity := c.Capacity(T)
+	taken := make([]int, E)
+	for tok := 0; tok < T; tok++ {
+		xr := x[tok*H : (tok+1)*H]
+		lg := r.logits[tok*E : (tok+1)*E]
+		m := math.Inf(-1)
+		for e := 0; e < E; e++ {
+			s := 0.0
+			for h := 0; h < H; h++ {
+				s += float64(xr[h]) * float64(gate[h*E+e])
+			}
+			lg[e] = s
+			m = math.Max(m, s)
+		}
+		prob := make([]float64, E)
+		sum := 0.0
+		for e := range prob {
+			prob[e] = math.Exp(lg[e] - m)
+			sum += prob[e]
+		}
+		for e := range prob {
+			prob[e] /= sum
+		}
+		// routing: the kernel's ids must be the reference's where the gap allows no tie
+		order := make([]int, E)
+		for e := range order {
+			order[e] = e
+		}
+		sort.SliceStable(order, func(a, b int) bool { return prob[order[a]] > prob[order[b]] })
+		mine := ids[tok*k : (tok+1)*k]
+		if c.Route == config.RouteSkew {
+			for j := range mine {
+				if int(mine[j]) != j {
+					t.Fatalf("token %d: skew ids %v, want 0..k-1", tok, mine)
+				}
+			}
+		} else if k < E && prob[order[k-1]]-prob[order[k]] > 1e-5 {
+			want := map[int]bool{}
+			for _, e := range order[:k] {
+				want[e] = true
+			}
+			for _, e := range mine {
+				if !want[int(e)] {
+					t.Fatalf("token %d: kernel chose %v, reference top-%d %v (gap %.3g)", tok, mine, k, order[:k], prob[order[k-1]]-prob[order[k]])
+				}
+			}
+		}
+		ws := 0.0
+		for _, e := range mine {
+			ws += prob[e]
+		}
+		for j, e := range mine {
+			w := prob[e]
+			if c.Renormalize {
+				w /= ws
+			}
+			if capacity >= 0 {
+				if taken[e] >= capacity {
+					w = 0
+				}
+				taken[e]++
+			}
+			r.w[tok*k+j] = w
+			if w == 0 {
+				continue
+			}
+			y := expert(c, ex[e], xr, I)
+			for h := 0; h < H; h++ {
+				r.out[tok*H+h] += w * y[h]
+			}
+		}
+	}
+	return r
+}
+
+func expert(c config.Layer, w datagen.Expert, x []float32, I int) []float64 {
+	H := len(x)
+	a := make([]float64, I)
+	for i := 0; i < I; i++ {
+		s, u := 0.0, 0.0
+		for h := 0; h < H; h++ {
+			s += float64(x[h]) * float64(w.W1[h*I+i])
+			if c.FFN == config.FFNSwiGLU {
+				u += float64(x[h]) * float64(w.Wu[h*I+i])
+			}
+		}
+		switch c.FFN {
+		case config.FFNSwiGLU:
+			a[i] = s / (1 + math.Exp(-s)) * u
+		case config.FFNGeLU:
+			s += float64(w.B1[i])
+			a[i] = 0.5 * s * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(s+0.044715*s*s*s)))
+		default:
+			a[i] = math.Max(0, s+float64(w.B1[i]))
+		}
+	}
+	y := make([]float64, H)
+	for h := 0; h < H; h++ {
+		s := 0.0
+		for i := 0; i < I; i++ {
+			s += a[i] * float64(w.W2[i*H+h])
+		}
+		if c.FFN != config.FFNSwiGLU {
+			s += float64(w.B2[h])
+		}
+		y[h] = s
+	}
+	return y
+}
+
+func relErr(got []float32, want []float64) float64 {
+	var num, den float64
+	for i := range want {
+		d := float64(got[i]) - want[i]
+		num += d * d
+		den += want[i] * want[i]
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+// TestForwardOneRank runs forwards of small configurations on one GPU (world
+// 1) and compares them with a float64 computation; then checks the watchdog.
+func TestForwardOneRank(t *testing.T) {
+	needHopper(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	comm := transport.NewLocal(1, time.Minute).Rank(0)
+	b, err := Open(comm, 0, Options{Watchdog: 2 * time.Second, DebugWithholdPeer: -1,
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}()
+	k := b.Kernel()
+	t.Logf("kernel: %d registers, %d B local, %d B smem, %d blocks/SM x %d SMs = grid %d",
+		k.Registers, k.LocalBytes, k.StaticSmem, k.BlocksPerSM, k.SMs, k.Grid)
+
+	base := config.Default()
+	base.MaxTokens, base.Hidden, base.FFNHidden, base.Experts, base.TopK = 200, 128, 192, 8, 2
+	cases := []struct {
+		name string
+		mod  func(*config.Layer)
+	}{
+		{"relu T=37", func(c *config.Layer) { c.Tokens = 37 }},
+		{"relu T=200", func(c *config.Layer) { c.Tokens = 200 }},
+		{"relu T=1", func(c *config.Layer) { c.Tokens = 1 }},
+		{"relu T=0", func(c *config.Layer) { c.Tokens = 0 }},
+		{"relu capacity 0.5", func(c *config.Layer) { c.Tokens = 150; c.CapacityFactor = 0.5 }},
+		{"relu no renorm", func(c *config.Layer) { c.Tokens = 64; c.Renormalize = false }},
+		{"relu skew", func(c *config.Layer) { c.Tokens = 100; c.Route = config.RouteSkew }},
+		{"gelu", func(c *config.Layer) { c.Tokens = 77; c.FFN = config.FFNGeLU }},
+		{"swiglu k=3", func(c *config.Layer) { c.Tokens = 90; c.FFN = config.FFNSwiGLU; c.TopK = 3 }},
+		{"relu E=64 k=4 H=256", func(c *config.Layer) { c.Tokens = 130; c.Experts = 64; c.TopK = 4; c.Hidden = 256 }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			tc.mod(&c)
+			if err := b.Prepare(c); err != nil {
+				t.Fatal(err)
+			}
+			x := datagen.Tokens(c, 0, c.Tokens)
+			tm, err := b.Forward(c, x)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := b.Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := reference(t, c, x, res.TopKIdx)
+			for i, v := range res.Out {
+				if v != v {
+					t.Fatalf("out[%d] is NaN (row %d never written?)", i, i/c.Hidden)
+				}
+			}
+			if e := relErr(res.Out, r.out); e > 1e-5 || math.IsNaN(e) {
+				t.Errorf("relative error %.3g > 1e-5", e)
+			}
+			for i, w := range r.w {
+				if (w == 0) != (res.TopKW[i] == 0) || math.Abs(float64(res.TopKW[i])-w) > 1e-5*math.Max(1, math.Abs(w)) {
+					t.Fatalf("topk_w[%d] = %g, reference %g", i, res.TopKW[i], w)
+				}
+			}
+			for i, l := range r.logits {
+				if math.Abs(float64(res.Logits[i])-l) > 1e-4*math.Max(1, math.Abs(l)) {
+					t.Fatalf("logits[%d] = %g, reference %g", i, res.Logits[i], l)
+				}
+			}
+			// Deterministic: a second forward is bitwise equal.
+			if _, err := b.Forward(c, x); err != nil {
+				t.Fatal(err)
+			}
+			again, err := b.Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range res.Out {
+				if math.Float32bits(res.Out[i]) != math.Float32bits(again.Out[i]) {
+					t.Fatalf("second forward differs at %d: %g vs %g", i, res.Out[i], again.Out[i])
+				}
+			}
+			t.Logf("%v, SM util %.2f, %d bytes put", tm.Elapsed, tm.SMUtil, tm.BytesPut)
+		})
+	}
+
+	// Last: the watchdog. Rank 0 withholds its dispatch signal to rank
+	// (0+1)%1 = itself; the kernel must end with the watchdog's message well
+	// within the host's bound, and the runtime must refuse further forwards.
+	t.Run("watchdog", func(t *testing.T) {
+		c := base
+		c.Tokens = 10
+		if err := b.Prepare(c); err != nil {
+			t.Fatal(err)
+		}
+		b.opt.DebugWithholdPeer = 0
+		start := time.Now()
+		_, err := b.Forward(c, datagen.Tokens(c, 0, c.Tokens))
+		el := time.Since(start)
+		if err == nil {
+			t.Fatal("forward with a withheld signal succeeded")
+		}
+		if !strings.Contains(err.Error(), "watchdog: rank 0 waited") || !strings.Contains(err.Error(), "dispatch signal from rank 0") {
+			t.Errorf("error %q", err)
+		}
+		if el > 10*time.Second {
+			t.Errorf("took %v with a 2s watchdog", el)
+		}
+		if _, err := b.Forward(c, datagen.Tokens(c, 0, c.Tokens)); err == nil || !strings.Contains(err.Error(), "refuses") {
+			t.Errorf("forward after a trip: %v", err)
+		}
+		t.Logf("%v after %v", err, el)
+	})
+}

@@ -1,0 +1,801 @@
+// Package gpubackend runs the MoE layer as moerun's persistent kernel, one
+// cooperative launch per forward on this rank's GPU, tokens moved between
+// GPUs by the kernel itself through the NVSHMEM symmetric heap (NVLink P2P,
+// one node). It implements backend.Backend.
+//
+// Threading: CUDA contexts and NVSHMEM belong to the calling OS thread. Call
+// Open and every method from one goroutine locked to its thread
+// (runtime.LockOSThread; cmd/moerun locks the main goroutine in init).
+package gpubackend
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/moerun/moerun/bootstrap"
+	"github.com/moerun/moerun/internal/backend"
+	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/cuda"
+	"github.com/moerun/moerun/internal/datagen"
+	"github.com/moerun/moerun/internal/nvshmem"
+	"github.com/moerun/moerun/internal/transport"
+	"github.com/moerun/moerun/kernels"
+	"github.com/moerun/moerun/symheap"
+)
+
+// MinDriverVersion is the oldest CUDA driver (cuDriverGetVersion) that runs
+// a cubin built with CUDA 13.0.
+const MinDriverVersion = 13000
+
+// DefaultWatchdog bounds every spin-wait of the kernel unless Options says otherwise.
+const DefaultWatchdog = 10 * time.Second
+
+// Options configure Open.
+type Options struct {
+	Cubin             string        // --cubin: path of the kernel's cubin ("" = $MOERUN_CUBIN, embedded, next to the binary)
+	Watchdog          time.Duration // bound of every in-kernel wait (0: DefaultWatchdog)
+	DebugWithholdPeer int           // -1: none; else the rank that withholds its dispatch signal to rank+1 (tests)
+	// HeapBytes, when > 0 and NVSHMEM_SYMMETRIC_SIZE is not set, sizes the
+	// symmetric heap (NVSHMEM_SYMMETRIC_SIZE = HeapBytes + a reserve) before
+	// NVSHMEM starts: the largest symheap.Plan(cfg, world).SymTotal of the
+	// configs to run. 0 keeps NVSHMEM's default (1 GiB).
+	HeapBytes uint64
+	Log       zerolog.Logger
+}
+
+// KernelInfo describes the loaded kernel and its launch geometry.
+type KernelInfo struct {
+	Registers   int    // per thread
+	LocalBytes  int    // local memory per thread (stack; spills would show here)
+	StaticSmem  int    // bytes per block
+	Threads     int    // per block
+	BlocksPerSM int    // occupancy API
+	SMs         int    // multiprocessors of the device
+	Grid        int    // BlocksPerSM * SMs
+	CubinFrom   string // where the cubin came from
+	NVSHMEM     string // device library in the cubin, = host library version
+}
+
+// heapReserve is what NVSHMEM keeps of the symmetric heap for itself.
+const heapReserve = 128 << 20
+
+// Backend is the GPU backend of one rank.
+type Backend struct {
+	comm  transport.Comm
+	rank  int
+	world int
+	opt   Options
+	log   zerolog.Logger
+
+	drv        *cuda.Driver
+	dev        cuda.Device
+	ordinal    int
+	ctx        cuda.Context
+	ctxHeld    bool
+	card       string
+	shm        *nvshmem.Lib
+	shmUp      bool
+	mod        cuda.Module
+	modLoaded  bool
+	modShmem   bool
+	fn         cuda.Function
+	info       KernelInfo
+	stream     cuda.Stream
+	haveStream bool
+	evStart    cuda.Event
+	evEnd      cuda.Event
+	haveEvents bool
+
+	// state of the prepared configuration
+	prepared bool
+	static   config.Static
+	layout   symheap.Layout
+	sym      cuda.DevicePtr // symmetric heap block (nvshmem_malloc)
+	local    cuda.DevicePtr // local block (cuMemAlloc)
+
+	last     config.Layer // the last forward's config
+	haveLast bool
+	launches uint64
+	broken   error // sticky: set by a watchdog trip or a hang; refuses further forwards
+	closed   bool
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// Open brings up this rank's GPU, NVSHMEM and the kernel. It is collective
+// over comm: every rank calls it. localRank picks the GPU among the visible
+// ones (bootstrap.ChooseDevice). Before any GPU work it refuses, with a
+// message that says what to change, a GPU that is not Hopper, a driver too
+// old for the cubin, a missing cubin or NVSHMEM, and an NVSHMEM host library
+// whose version differs from the device library linked into the cubin; a
+// refusal on any rank makes every rank return an error (no rank is left
+// waiting in NVSHMEM's init).
+func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err error) {
+	if opt.Watchdog <= 0 {
+		opt.Watchdog = DefaultWatchdog
+	}
+	b = &Backend{comm: comm, rank: comm.Rank(), world: comm.Size(), opt: opt, log: opt.Log}
+	defer func() {
+		if err != nil {
+			if cerr := b.Close(); cerr != nil {
+				b.log.Debug().Err(cerr).Msg("gpu backend: cleanup after a failed open")
+			}
+			b = nil
+		}
+	}()
+	bootstrap.DisableNVLS()
+	cubin, cinfo, err := b.preflight(localRank)
+	// Every rank learns whether every other rank may go on before anyone
+	// enters NVSHMEM's (unbounded, collective) init.
+	if err = agree(comm, "open the GPU backend", err); err != nil {
+		return nil, err
+	}
+	if err = b.startNVSHMEM(); err != nil {
+		return nil, err
+	}
+	if err = b.loadKernel(cubin, cinfo); err != nil {
+		return nil, err
+	}
+	if err = agree(comm, "load the kernel", nil); err != nil {
+		return nil, err
+	}
+	b.log.Info().Str("gpu", b.card).Int("device", b.ordinal).Int("registers", b.info.Registers).
+		Int("local_bytes", b.info.LocalBytes).Int("smem", b.info.StaticSmem).Int("blocks_per_sm", b.info.BlocksPerSM).
+		Int("sms", b.info.SMs).Int("grid", b.info.Grid).Str("cubin", b.info.CubinFrom).
+		Str("nvshmem", b.info.NVSHMEM).Dur("watchdog", opt.Watchdog).Msg("gpu backend open")
+	return b, nil
+}
+
+// preflight does every check that needs no GPU context: driver, device,
+// architecture, cubin, NVSHMEM library and versions. It leaves the driver
+// loaded and the device chosen.
+func (b *Backend) preflight(localRank int) ([]byte, kernels.CubinInfo, error) {
+	var ci kernels.CubinInfo
+	if b.world > kernels.MaxWorld {
+		return nil, ci, fmt.Errorf("%d ranks: the kernel supports at most %d", b.world, kernels.MaxWorld)
+	}
+	drv, err := cuda.Load()
+	if err != nil {
+		return nil, ci, fmt.Errorf("GPU backend needs the CUDA driver: %w", err)
+	}
+	b.drv = drv
+	ver, err := drv.DriverVersion()
+	if err != nil {
+		return nil, ci, err
+	}
+	if ver < MinDriverVersion {
+		return nil, ci, fmt.Errorf("the CUDA driver supports CUDA %d.%d; moerun's kernel is built with CUDA 13.0 and needs a driver for CUDA 13.0 or newer (cuDriverGetVersion >= %d, driver R580+)",
+			ver/1000, ver%1000/10, MinDriverVersion)
+	}
+	n, err := drv.DeviceCount()
+	if err != nil {
+		return nil, ci, err
+	}
+	ord, err := bootstrap.ChooseDevice(localRank, n)
+	if err != nil {
+		return nil, ci, err
+	}
+	b.ordinal = ord
+	if b.dev, err = drv.DeviceGet(ord); err != nil {
+		return nil, ci, err
+	}
+	if b.card, err = drv.DeviceName(b.dev); err != nil {
+		return nil, ci, err
+	}
+	major, minor, err := drv.ComputeCapability(b.dev)
+	if err != nil {
+		return nil, ci, err
+	}
+	if major != 9 || minor != 0 {
+		return nil, ci, fmt.Errorf("moerun's kernel needs a Hopper GPU (sm_90); GPU %d is %s (sm_%d%d)", ord, b.card, major, minor)
+	}
+	if coop, err := drv.Attribute(b.dev, cuda.AttrCooperativeLaunch); err != nil || coop == 0 {
+		return nil, ci, fmt.Errorf("GPU %d (%s) does not support cooperative launches (%v)", ord, b.card, err)
+	}
+	cubin, from, err := kernels.Locate(b.opt.Cubin)
+	if err != nil {
+		return nil, ci, err
+	}
+	b.info.CubinFrom = from
+	if ci, err = kernels.ReadCubinInfo(cubin); err != nil {
+		return nil, ci, fmt.Errorf("%s: %w", from, err)
+	}
+	if err = ci.Check(); err != nil {
+		return nil, ci, fmt.Errorf("%s: %w", from, err)
+	}
+	path, err := nvshmem.Find()
+	if err != nil {
+		return nil, ci, fmt.Errorf("GPU backend needs NVSHMEM %s: %w", ci.NVSHMEMVersion(), err)
+	}
+	if b.shm, err = nvshmem.Load(path); err != nil {
+		return nil, ci, err
+	}
+	hmaj, hmin, hpatch, err := b.shm.Version()
+	if err != nil {
+		return nil, ci, err
+	}
+	if [3]int{hmaj, hmin, hpatch} != ci.NVSHMEM {
+		return nil, ci, fmt.Errorf("NVSHMEM host library %s is version %d.%d.%d but the kernel (%s) was linked with the NVSHMEM %s device library: use NVSHMEM %s (NVSHMEM_HOME or MOERUN_NVSHMEM_LIB), or rebuild the kernel against %d.%d.%d",
+			path, hmaj, hmin, hpatch, from, ci.NVSHMEMVersion(), ci.NVSHMEMVersion(), hmaj, hmin, hpatch)
+	}
+	b.info.NVSHMEM = ci.NVSHMEMVersion()
+	if b.opt.HeapBytes > 0 {
+		if _, set := os.LookupEnv("NVSHMEM_SYMMETRIC_SIZE"); !set {
+			want := (b.opt.HeapBytes + heapReserve + (1<<20 - 1)) >> 20
+			os.Setenv("NVSHMEM_SYMMETRIC_SIZE", strconv.FormatUint(want, 10)+"M")
+		}
+	}
+	return cubin, ci, nil
+}
+
+// startNVSHMEM makes the GPU's primary context current and initialises
+// NVSHMEM with a unique id made on rank 0.
+func (b *Backend) startNVSHMEM() error {
+	ctx, err := b.drv.PrimaryCtxRetain(b.dev)
+	if err != nil {
+		return err
+	}
+	b.ctx, b.ctxHeld = ctx, true
+	if err := b.drv.CtxSetCurrent(ctx); err != nil {
+		return err
+	}
+	id, err := bootstrap.BroadcastID(b.comm, func() ([bootstrap.IDSize]byte, error) {
+		u, err := b.shm.GetUniqueID()
+		return [bootstrap.IDSize]byte(u), err
+	})
+	if err != nil {
+		return fmt.Errorf("NVSHMEM unique id: %w", err)
+	}
+	if err := b.shm.InitWithUniqueID(nvshmem.UniqueID(id), b.rank, b.world); err != nil {
+		return fmt.Errorf("NVSHMEM init (rank %d of %d): %w", b.rank, b.world, err)
+	}
+	b.shmUp = true
+	if pe, n := b.shm.MyPE(), b.shm.NPEs(); pe != b.rank || n != b.world {
+		return fmt.Errorf("NVSHMEM says PE %d of %d, the job says rank %d of %d", pe, n, b.rank, b.world)
+	}
+	return nil
+}
+
+// loadKernel loads the cubin, registers it with NVSHMEM and sizes the grid.
+func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
+	d := b.drv
+	mod, err := d.ModuleLoadData(cubin)
+	if err != nil {
+		return fmt.Errorf("load the kernel (%s): %w", b.info.CubinFrom, err)
+	}
+	b.mod, b.modLoaded = mod, true
+	if err := b.shm.CumoduleInit(mod); err != nil {
+		return fmt.Errorf("register the kernel with NVSHMEM: %w", err)
+	}
+	b.modShmem = true
+	if b.fn, err = d.ModuleGetFunction(mod, kernels.KernelName); err != nil {
+		return err
+	}
+	// The module's own globals must say what the image said.
+	var abi [2]int32
+	if p, _, err := d.ModuleGetGlobal(mod, kernels.SymABIVersion); err != nil {
+		return err
+	} else if err := d.MemcpyDtoH(abi[:1], p); err != nil {
+		return err
+	}
+	if int(abi[0]) != ci.ABIVersion {
+		return fmt.Errorf("kernel module reports ABI %d, its image said %d", abi[0], ci.ABIVersion)
+	}
+	info := &b.info
+	if info.Registers, err = d.FuncGetAttribute(b.fn, cuda.FuncNumRegs); err != nil {
+		return err
+	}
+	if info.LocalBytes, err = d.FuncGetAttribute(b.fn, cuda.FuncLocalSizeBytes); err != nil {
+		return err
+	}
+	if info.StaticSmem, err = d.FuncGetAttribute(b.fn, cuda.FuncSharedSizeBytes); err != nil {
+		return err
+	}
+	info.Threads = kernels.Threads
+	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(b.fn, kernels.Threads, 0); err != nil {
+		return err
+	}
+	if info.SMs, err = d.Attribute(b.dev, cuda.AttrMultiprocessorCount); err != nil {
+		return err
+	}
+	info.Grid = info.BlocksPerSM * info.SMs
+	if info.Grid < 2 {
+		return fmt.Errorf("kernel occupancy: %d blocks per SM x %d SMs: the kernel needs at least 2 resident blocks", info.BlocksPerSM, info.SMs)
+	}
+	if b.stream, err = d.StreamCreate(true); err != nil {
+		return err
+	}
+	b.haveStream = true
+	if b.evStart, err = d.EventCreate(); err != nil {
+		return err
+	}
+	if b.evEnd, err = d.EventCreate(); err != nil {
+		d.EventDestroy(b.evStart)
+		return err
+	}
+	b.haveEvents = true
+	return nil
+}
+
+// Kernel describes the loaded kernel and its grid.
+func (b *Backend) Kernel() KernelInfo { return b.info }
+
+// Name is "gpu".
+func (b *Backend) Name() string { return "gpu" }
+
+// Card is the GPU's name.
+func (b *Backend) Card() string { return b.card }
+
+// Layout is the memory plan of the prepared configuration.
+func (b *Backend) Layout() symheap.Layout { return b.layout }
+
+// Prepare plans and allocates the memory of cfg (reusing it when the static
+// configuration is unchanged), zeroes the symmetric heap and uploads this
+// rank's experts and the gate. Collective.
+func (b *Backend) Prepare(cfg config.Layer) error {
+	if err := b.usable(); err != nil {
+		return err
+	}
+	if err := b.drv.CtxSetCurrent(b.ctx); err != nil {
+		return err
+	}
+	if b.prepared && b.static == cfg.Static() {
+		return nil
+	}
+	lay, err := symheap.Plan(cfg, b.world)
+	if err == nil {
+		err = b.checkMemory(lay)
+	}
+	if err = agree(b.comm, "prepare "+cfg.String(), err); err != nil {
+		return err
+	}
+	if err := b.release(); err != nil {
+		return err
+	}
+	b.prepared = false
+	sym, err := b.shm.Align(4096, lay.SymTotal)
+	if err != nil {
+		return fmt.Errorf("symmetric heap of %s: %w (set NVSHMEM_SYMMETRIC_SIZE to at least %dM)", symheap.Bytes(lay.SymTotal), err, (lay.SymTotal+heapReserve)>>20+1)
+	}
+	b.sym = sym
+	if b.local, err = b.drv.MemAlloc(lay.LocalTotal); err != nil {
+		return fmt.Errorf("device memory of %s: %w", symheap.Bytes(lay.LocalTotal), err)
+	}
+	b.layout = lay
+	if err := b.drv.MemsetD32(b.sym, 0, lay.SymTotal/4); err != nil {
+		return err
+	}
+	if err := b.drv.MemsetD32(b.local, 0, lay.LocalTotal/4); err != nil {
+		return err
+	}
+	for pe := 0; pe < b.world; pe++ {
+		if b.shm.Ptr(b.sym, pe) == 0 {
+			return fmt.Errorf("rank %d cannot reach rank %d's GPU by NVLink/PCIe peer access (nvshmem_ptr is NULL): moerun runs on the GPUs of one node with P2P between all of them", b.rank, pe)
+		}
+	}
+	if err := b.upload(cfg, lay); err != nil {
+		return err
+	}
+	if err := b.drv.CtxSynchronize(); err != nil {
+		return err
+	}
+	// No rank may launch before every heap is zeroed.
+	if err := agree(b.comm, "upload weights", nil); err != nil {
+		return err
+	}
+	b.shm.BarrierAll()
+	b.prepared, b.static, b.haveLast = true, cfg.Static(), false
+	b.log.Info().Str("config", cfg.String()).Str("memory", lay.String()).Msg("gpu backend prepared")
+	return nil
+}
+
+// checkMemory refuses a layout that cannot fit, naming what to change.
+func (b *Backend) checkMemory(lay symheap.Layout) error {
+	free, total, err := b.drv.MemGetInfo()
+	if err != nil {
+		return err
+	}
+	held := uint64(0)
+	if b.prepared {
+		held = b.layout.LocalTotal + b.layout.SymTotal
+	}
+	need := lay.LocalTotal + lay.SymTotal
+	if need > free+held {
+		return fmt.Errorf("needs %s of GPU memory (symmetric %s, local %s); GPU %d has %s free of %s: lower --max-tokens",
+			symheap.Bytes(need), symheap.Bytes(lay.SymTotal), symheap.Bytes(lay.LocalTotal), b.ordinal,
+			symheap.Bytes(free+held), symheap.Bytes(total))
+	}
+	size, src := symmetricSize()
+	if lay.SymTotal+heapReserve > size {
+		return fmt.Errorf("the symmetric heap needs %s per GPU, NVSHMEM_SYMMETRIC_SIZE is %s (%s): set NVSHMEM_SYMMETRIC_SIZE=%dM for every rank, or lower --max-tokens",
+			symheap.Bytes(lay.SymTotal), symheap.Bytes(size), src, (lay.SymTotal+heapReserve)>>20+1)
+	}
+	return nil
+}
+
+// symmetricSize is NVSHMEM's symmetric heap size per PE from the environment.
+func symmetricSize() (uint64, string) {
+	v, ok := os.LookupEnv("NVSHMEM_SYMMETRIC_SIZE")
+	if !ok || v == "" {
+		return 1 << 30, "NVSHMEM's default"
+	}
+	n, err := parseSize(v)
+	if err != nil {
+		return 1 << 30, "unparsable " + strconv.Quote(v) + ", taken as the default"
+	}
+	return n, "set to " + v
+}
+
+// parseSize reads NVSHMEM's size syntax: a number with an optional k/m/g/t suffix.
+func parseSize(s string) (uint64, error) {
+	s = strings.TrimSpace(s)
+	mult := 1.0
+	if n := len(s); n > 0 {
+		switch s[n-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		case 't', 'T':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			s = s[:n-1]
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("size %q", s)
+	}
+	return uint64(math.Ceil(f * mult)), nil
+}
+
+// upload generates and copies the gate and this rank's experts.
+func (b *Backend) upload(cfg config.Layer, lay symheap.Layout) error {
+	d, base := b.drv, uint64(b.local)
+	if err := d.MemcpyHtoD(cuda.DevicePtr(symheap.Addr(base, lay.GateW)), datagen.Gate(cfg)); err != nil {
+		return fmt.Errorf("upload gate: %w", err)
+	}
+	h, i := uint64(cfg.Hidden), uint64(cfg.FFNHidden)
+	for le := 0; le < lay.ExpertsPerRank; le++ {
+		e := b.rank*lay.ExpertsPerRank + le
+		ex := datagen.ExpertWeights(cfg, e)
+		l := uint64(le)
+		parts := []struct {
+			r    symheap.Region
+			each uint64
+			data []float32
+		}{
+			{lay.W1, h * i, ex.W1}, {lay.W2, i * h, ex.W2}, {lay.Wu, h * i, ex.Wu}, {lay.B1, i, ex.B1}, {lay.B2, h, ex.B2},
+		}
+		for _, p := range parts {
+			if p.r.Name == "" {
+				continue
+			}
+			if uint64(len(p.data)) != p.each {
+				return fmt.Errorf("expert %d %s: %d values, want %d", e, p.r.Name, len(p.data), p.each)
+			}
+			dst := symheap.Addr(base, p.r) + l*p.each*4
+			if err := d.MemcpyHtoD(cuda.DevicePtr(dst), p.data); err != nil {
+				return fmt.Errorf("upload expert %d %s: %w", e, p.r.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// params fills the kernel's argument for a forward of cfg.
+func (b *Backend) params(cfg config.Layer) kernels.Params {
+	lay, sym, loc := b.layout, uint64(b.sym), uint64(b.local)
+	t := cfg.Tokens
+	p := kernels.Params{
+		Tokens: int32(t), MaxTokens: int32(lay.MaxTokens), Hidden: int32(lay.Hidden), FFNHidden: int32(lay.FFNHidden),
+		Experts: int32(lay.Experts), TopK: int32(lay.TopK), World: int32(b.world), Rank: int32(b.rank),
+		ExpertsPerRank: int32(lay.ExpertsPerRank), RowsPerSource: int32(lay.RowsPerSource),
+		Capacity: int32(cfg.Capacity(t)), FFN: ffnCode(cfg.FFN), DType: kernels.DTypeFP32, Route: kernels.RouteSoftmax,
+		GateKSplit: int32(gateSplit(t, lay.Experts, lay.Hidden, b.info.Grid)), DebugWithholdPeer: int32(b.opt.DebugWithholdPeer),
+		MaxRowTiles: int32(lay.MaxRowTiles), WatchdogNs: uint64(b.opt.Watchdog.Nanoseconds()),
+		HeapBase: sym, OffRecvRows: lay.RecvRows.Off, OffRecvMeta: lay.RecvMeta.Off, OffRecvCounts: lay.RecvCounts.Off,
+		OffRetRows: lay.RetRows.Off, OffSigDispatch: lay.SigDispatch.Off, OffSigReturn: lay.SigReturn.Off,
+		OffSeq: lay.Seq.Off, OffStatus: lay.Status.Off,
+		X: symheap.Addr(loc, lay.X), Out: symheap.Addr(loc, lay.Out), Logits: symheap.Addr(loc, lay.Logits),
+		LogitsPart: symheap.Addr(loc, lay.LogitsPart), TopKIdx: symheap.Addr(loc, lay.TopKIdx), TopKW: symheap.Addr(loc, lay.TopKW),
+		GateW: symheap.Addr(loc, lay.GateW), W1: symheap.Addr(loc, lay.W1), B1: symheap.Addr(loc, lay.B1),
+		W2: symheap.Addr(loc, lay.W2), B2: symheap.Addr(loc, lay.B2), Wu: symheap.Addr(loc, lay.Wu),
+		Inter: symheap.Addr(loc, lay.Inter), RouteList: symheap.Addr(loc, lay.RouteList), RouteCount: symheap.Addr(loc, lay.RouteCount),
+		Sched: symheap.Addr(loc, lay.Sched), RTDesc: symheap.Addr(loc, lay.RTDesc), TileDone: symheap.Addr(loc, lay.TileDone),
+		G1List: symheap.Addr(loc, lay.G1List),
+	}
+	if cfg.Renormalize {
+		p.Renormalize = 1
+	}
+	if cfg.Route == config.RouteSkew {
+		p.Route = kernels.RouteSkew
+	}
+	if b.opt.DebugWithholdPeer < 0 {
+		p.DebugWithholdPeer = -1
+	}
+	return p
+}
+
+func ffnCode(f config.FFN) int32 {
+	switch f {
+	case config.FFNGeLU:
+		return kernels.FFNGeLU
+	case config.FFNSwiGLU:
+		return kernels.FFNSwiGLU
+	}
+	return kernels.FFNReLU
+}
+
+// gateSplit is the K split of the gate GEMM: the smallest power of two that
+// gives the grid enough tiles, at most GateMaxSplit, H/split a multiple of TileK.
+func gateSplit(tokens, experts, hidden, grid int) int {
+	tiles := ((tokens + kernels.TileM - 1) / kernels.TileM) * ((experts + kernels.TileN - 1) / kernels.TileN)
+	ks := 1
+	for ks < kernels.GateMaxSplit && tiles*ks < grid && hidden%(2*ks*kernels.TileK) == 0 {
+		ks *= 2
+	}
+	return ks
+}
+
+// Forward runs one forward of cfg.Tokens rows of x. Collective.
+func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error) {
+	var tm backend.Timing
+	if err := b.usable(); err != nil {
+		return tm, err
+	}
+	if !b.prepared || cfg.Static() != b.static {
+		return tm, fmt.Errorf("forward of %s: Prepare it first (prepared: %v)", cfg.String(), b.static)
+	}
+	if err := cfg.Validate(b.world); err != nil {
+		return tm, err
+	}
+	if len(x) != cfg.Tokens*cfg.Hidden {
+		return tm, fmt.Errorf("forward: x has %d values, want T*H = %d*%d", len(x), cfg.Tokens, cfg.Hidden)
+	}
+	d, lay := b.drv, b.layout
+	if err := d.CtxSetCurrent(b.ctx); err != nil {
+		return tm, err
+	}
+	// On the kernel's stream: a synchronous copy from pageable memory may
+	// return before its DMA lands, and the stream does not wait for stream 0.
+	if err := d.MemcpyHtoDAsync(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.X)), x, b.stream); err != nil {
+		return tm, fmt.Errorf("upload tokens: %w", err)
+	}
+	if n := uint64(cfg.Tokens * cfg.Hidden); n > 0 {
+		if err := d.MemsetD32Async(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.Out)), 0x7fc00000, n, b.stream); err != nil {
+			return tm, err
+		}
+	}
+	arg := b.params(cfg)
+	if err := d.EventRecord(b.evStart, b.stream); err != nil {
+		return tm, err
+	}
+	grid := [3]uint32{uint32(b.info.Grid), 1, 1}
+	block := [3]uint32{kernels.Threads, 1, 1}
+	if err := d.LaunchCooperative(b.fn, grid, block, 0, b.stream, arg.Bytes()); err != nil {
+		b.broken = fmt.Errorf("kernel launch failed: %w", err)
+		return tm, b.broken
+	}
+	b.launches++
+	if err := d.EventRecord(b.evEnd, b.stream); err != nil {
+		return tm, err
+	}
+	// The kernel's own watchdog ends it; this bound only catches a kernel
+	// that cannot end (which a watchdog bug would be).
+	bound := 4*b.opt.Watchdog + 10*time.Second
+	if err := d.EventWait(b.evEnd, bound); err != nil {
+		b.broken = fmt.Errorf("rank %d: kernel (launch %d) did not finish within %v: %w; the GPU stays busy until this process exits", b.rank, b.launches, bound, err)
+		return tm, b.broken
+	}
+	runtime.KeepAlive(x)
+	st, err := b.status()
+	if err != nil {
+		b.broken = err
+		return tm, err
+	}
+	if st.Code != kernels.StatusOK {
+		b.broken = b.statusError(st)
+		return tm, b.broken
+	}
+	if tm.Elapsed, err = d.EventElapsedTime(b.evStart, b.evEnd); err != nil {
+		return tm, err
+	}
+	tm.BytesPut = int64(st.BytesPut)
+	tm.SMUtil = -1
+	if st.TEnd > st.TStart && b.info.Grid > 0 {
+		tm.SMUtil = float64(st.BusyNs) / (float64(b.info.Grid) * float64(st.TEnd-st.TStart))
+	}
+	b.last, b.haveLast = cfg, true
+	return tm, nil
+}
+
+func (b *Backend) status() (kernels.Status, error) {
+	buf := make([]byte, kernels.StatusSize)
+	if err := b.drv.MemcpyDtoH(buf, cuda.DevicePtr(symheap.Addr(uint64(b.sym), b.layout.Status))); err != nil {
+		return kernels.Status{}, fmt.Errorf("read the kernel's status block: %w", err)
+	}
+	return kernels.StatusFromBytes(buf), nil
+}
+
+// statusError turns a failed launch's status block into the error the host reports.
+func (b *Backend) statusError(st kernels.Status) error {
+	return StatusError(st, b.launches)
+}
+
+// StatusError words a status block, e.g. "watchdog: rank 1 waited 2.0s for
+// the dispatch signal from rank 3 (launch 5)".
+func StatusError(st kernels.Status, launch uint64) error {
+	seq := st.Seq
+	if seq == 0 {
+		seq = launch
+	}
+	switch st.Code {
+	case kernels.StatusWatchdog:
+		what := kernels.WaitName(st.Kind)
+		if st.Peer >= 0 && (st.Kind == kernels.WaitDispatch || st.Kind == kernels.WaitReturn) {
+			what += fmt.Sprintf(" from rank %d", st.Peer)
+		}
+		el := time.Duration(st.ElapsedNs).Round(100 * time.Millisecond)
+		return fmt.Errorf("watchdog: rank %d waited %.1fs for %s (launch %d); the runtime refuses further forwards until it is closed",
+			st.Rank, el.Seconds(), what, seq)
+	case kernels.StatusNotP2P:
+		return fmt.Errorf("kernel: rank %d has no P2P mapping of rank %d's heap (launch %d)", st.Rank, st.Peer, seq)
+	case kernels.StatusBadParams:
+		return fmt.Errorf("kernel refused its parameters on rank %d (launch %d): a host/kernel mismatch (rebuild with make)", st.Rank, seq)
+	}
+	return fmt.Errorf("kernel status %d on rank %d (launch %d)", st.Code, st.Rank, seq)
+}
+
+// Result copies the last forward's outputs to the host.
+func (b *Backend) Result() (*backend.Result, error) {
+	if b.closed {
+		return nil, errors.New("gpu backend is closed")
+	}
+	if !b.haveLast {
+		return nil, errors.New("no forward has completed")
+	}
+	if err := b.drv.CtxSetCurrent(b.ctx); err != nil {
+		return nil, err
+	}
+	c, lay, base := b.last, b.layout, uint64(b.local)
+	r := &backend.Result{
+		Out:     make([]float32, c.Tokens*c.Hidden),
+		TopKIdx: make([]int32, c.Tokens*c.TopK),
+		TopKW:   make([]float32, c.Tokens*c.TopK),
+		Logits:  make([]float32, c.Tokens*c.Experts),
+	}
+	copies := []struct {
+		dst any
+		r   symheap.Region
+	}{{r.Out, lay.Out}, {r.TopKIdx, lay.TopKIdx}, {r.TopKW, lay.TopKW}, {r.Logits, lay.Logits}}
+	for _, cp := range copies {
+		if err := b.drv.MemcpyDtoH(cp.dst, cuda.DevicePtr(symheap.Addr(base, cp.r))); err != nil {
+			return nil, fmt.Errorf("read %s: %w", cp.r.Name, err)
+		}
+	}
+	return r, nil
+}
+
+// usable refuses work on a closed or tripped runtime.
+func (b *Backend) usable() error {
+	if b.closed {
+		return errors.New("gpu backend is closed")
+	}
+	if b.broken != nil {
+		return fmt.Errorf("gpu backend refuses further forwards: %w", b.broken)
+	}
+	return nil
+}
+
+// release frees the prepared memory (collective for the symmetric part).
+func (b *Backend) release() error {
+	var errs []error
+	if b.local != 0 {
+		errs = append(errs, b.drv.MemFree(b.local))
+		b.local = 0
+	}
+	if b.sym != 0 {
+		b.shm.Free(b.sym)
+		b.sym = 0
+	}
+	b.prepared = false
+	return errors.Join(errs...)
+}
+
+// Close releases everything; safe after errors and twice. After a hang
+// (the kernel still running) it frees nothing on the device and does not
+// finalize NVSHMEM, whose collective teardown would wait on the kernel.
+func (b *Backend) Close() error {
+	if b == nil || b.closed {
+		return nil
+	}
+	b.closed = true
+	if b.drv == nil {
+		return nil
+	}
+	var errs []error
+	if b.ctxHeld {
+		errs = append(errs, b.drv.CtxSetCurrent(b.ctx))
+	}
+	hung := false
+	if b.haveStream {
+		if err := b.drv.StreamWait(b.stream, 5*time.Second); err != nil {
+			hung = true
+			errs = append(errs, fmt.Errorf("close: the kernel is still running: %w", err))
+		}
+	}
+	if hung {
+		return errors.Join(errs...)
+	}
+	if b.shmUp {
+		errs = append(errs, b.release())
+	} else if b.local != 0 {
+		errs = append(errs, b.drv.MemFree(b.local))
+	}
+	if b.haveEvents {
+		errs = append(errs, b.drv.EventDestroy(b.evStart), b.drv.EventDestroy(b.evEnd))
+	}
+	if b.haveStream {
+		errs = append(errs, b.drv.StreamDestroy(b.stream))
+	}
+	if b.modShmem {
+		errs = append(errs, b.shm.CumoduleFinalize(b.mod))
+	}
+	if b.modLoaded {
+		errs = append(errs, b.drv.ModuleUnload(b.mod))
+	}
+	if b.shmUp {
+		b.shm.HostlibFinalize()
+	}
+	if b.ctxHeld {
+		errs = append(errs, b.drv.PrimaryCtxRelease(b.dev))
+	}
+	return errors.Join(errs...)
+}
+
+// agree tells every rank whether every rank succeeded at step: it returns
+// nil only when mine is nil everywhere, else an error naming each rank's
+// failure. Collective (bounded by the communicator's timeout).
+func agree(c transport.Comm, step string, mine error) error {
+	msg := []byte{}
+	if mine != nil {
+		msg = []byte(mine.Error())
+		if len(msg) == 0 {
+			msg = []byte("failed")
+		}
+	}
+	all, err := c.AllGather(msg)
+	if err != nil {
+		if mine != nil {
+			return fmt.Errorf("%w (and telling the other ranks failed: %v)", mine, err)
+		}
+		return fmt.Errorf("%s: exchange with the other ranks: %w", step, err)
+	}
+	var errs []error
+	for r, m := range all {
+		if len(m) == 0 {
+			continue
+		}
+		if r == c.Rank() {
+			errs = append(errs, fmt.Errorf("rank %d: %w", r, mine))
+		} else {
+			errs = append(errs, fmt.Errorf("rank %d: %s", r, m))
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", step, errors.Join(errs...))
+}

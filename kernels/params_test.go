@@ -1,0 +1,190 @@
+package kernels
+
+import (
+	"os"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/moerun/moerun/kernels/internal/cparams"
+)
+
+// mirrors pairs each C struct of params.h with its Go mirror.
+var mirrors = map[string]reflect.Type{
+	"MoeParams":  reflect.TypeOf(Params{}),
+	"MoeStatus":  reflect.TypeOf(Status{}),
+	"MoeRowTile": reflect.TypeOf(RowTile{}),
+	"MoeSched":   reflect.TypeOf(Sched{}),
+}
+
+// cFields lists the fields of each struct declared in params.h, in order,
+// read from the header's text.
+func cFields(t *testing.T) map[string][]string {
+	t.Helper()
+	src, err := os.ReadFile("params.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	comments := regexp.MustCompile(`(?s)/\*.*?\*/`)
+	text := comments.ReplaceAllString(string(src), "")
+	structRe := regexp.MustCompile(`(?s)typedef struct (\w+) \{(.*?)\} (\w+);`)
+	fieldRe := regexp.MustCompile(`(?m)^\s*(u?int\d+_t)\s+(\w+)(\[[^\]]*\])?;`)
+	out := map[string][]string{}
+	for _, m := range structRe.FindAllStringSubmatch(text, -1) {
+		if m[1] != m[3] {
+			t.Fatalf("params.h: typedef struct %s ... } %s: names differ", m[1], m[3])
+		}
+		for _, f := range fieldRe.FindAllStringSubmatch(m[2], -1) {
+			out[m[1]] = append(out[m[1]], f[2])
+		}
+		if len(out[m[1]]) == 0 {
+			t.Fatalf("params.h: struct %s: no fields parsed", m[1])
+		}
+	}
+	return out
+}
+
+func TestLayoutMatchesParamsH(t *testing.T) {
+	if !cparams.Available {
+		t.Skip("no cgo: cannot compile params.h")
+	}
+	sizes, offsets := cparams.Sizes(), cparams.Offsets()
+	fields := cFields(t)
+	if len(fields) != len(mirrors) {
+		t.Errorf("params.h declares %d structs, the Go side mirrors %d: %v", len(fields), len(mirrors), fields)
+	}
+	for cname, gt := range mirrors {
+		if got, want := uint64(gt.Size()), sizes[cname]; got != want {
+			t.Errorf("sizeof(%s) = %d in C, Go %s is %d bytes", cname, want, gt.Name(), got)
+		}
+		names := fields[cname]
+		if gt.NumField() != len(names) {
+			t.Errorf("%s has %d fields in params.h, Go %s has %d", cname, len(names), gt.Name(), gt.NumField())
+		}
+		for i := 0; i < gt.NumField(); i++ {
+			f := gt.Field(i)
+			tag := f.Tag.Get("c")
+			if i < len(names) && tag != names[i] {
+				t.Errorf("%s field %d: params.h has %q, Go %s.%s is tagged %q", cname, i, names[i], gt.Name(), f.Name, tag)
+			}
+			want, ok := offsets[cname+"."+tag]
+			if !ok {
+				t.Errorf("%s.%s: not in cparams' generated table (regenerate it from params.h)", cname, tag)
+				continue
+			}
+			if uint64(f.Offset) != want {
+				t.Errorf("offsetof(%s, %s) = %d in C, Go %s.%s is at %d", cname, tag, want, gt.Name(), f.Name, f.Offset)
+			}
+			if f.Type.Kind() == reflect.Uint64 && f.Offset%8 != 0 {
+				t.Errorf("%s.%s: 64-bit field at offset %d, not 8-byte aligned", cname, tag, f.Offset)
+			}
+		}
+	}
+	for key := range offsets {
+		s, f, _ := strings.Cut(key, ".")
+		found := false
+		for _, n := range fields[s] {
+			found = found || n == f
+		}
+		if !found {
+			t.Errorf("cparams lists %s, which params.h no longer declares", key)
+		}
+	}
+}
+
+func TestConstantsMatchParamsH(t *testing.T) {
+	if !cparams.Available {
+		t.Skip("no cgo: cannot compile params.h")
+	}
+	goConsts := map[string]uint64{
+		"MOE_ABI_VERSION": ABIVersion, "MOE_THREADS": Threads, "MOE_TILE_M": TileM, "MOE_TILE_N": TileN,
+		"MOE_TILE_K": TileK, "MOE_MAX_WORLD": MaxWorld, "MOE_MAX_TOPK": MaxTopK,
+		"MOE_GATE_MAX_SPLIT": GateMaxSplit, "MOE_MAX_EXPERTS": MaxExperts, "MOE_SHAPE_MULTIPLE": ShapeMultiple,
+		"MOE_FFN_RELU": FFNReLU, "MOE_FFN_GELU": FFNGeLU, "MOE_FFN_SWIGLU": FFNSwiGLU,
+		"MOE_DTYPE_FP32": DTypeFP32, "MOE_DTYPE_TF32": DTypeTF32, "MOE_DTYPE_BF16": DTypeBF16,
+		"MOE_ROUTE_SOFTMAX": RouteSoftmax, "MOE_ROUTE_SKEW": RouteSkew,
+		"MOE_STATUS_OK": StatusOK, "MOE_STATUS_WATCHDOG": StatusWatchdog, "MOE_STATUS_NOT_P2P": StatusNotP2P,
+		"MOE_STATUS_BAD_PARAMS": StatusBadParams,
+		"MOE_WAIT_NONE":         WaitNone, "MOE_WAIT_DISPATCH": WaitDispatch, "MOE_WAIT_RETURN": WaitReturn,
+		"MOE_WAIT_BARRIER": WaitBarrier, "MOE_WAIT_TASK": WaitTask, "MOE_WAIT_SLOT": WaitSlot,
+	}
+	c := cparams.Consts()
+	for name, v := range c {
+		g, ok := goConsts[name]
+		if !ok {
+			t.Errorf("params.h defines %s = %d; package kernels has no mirror of it", name, v)
+			continue
+		}
+		if g != v {
+			t.Errorf("%s = %d in params.h, %d in Go", name, v, g)
+		}
+	}
+	for name := range goConsts {
+		if _, ok := c[name]; !ok {
+			t.Errorf("Go mirrors %s, which params.h does not define", name)
+		}
+	}
+}
+
+func TestParamsBytes(t *testing.T) {
+	p := Params{Tokens: 7, WatchdogNs: 0x0102030405060708, G1List: 42}
+	b := p.Bytes()
+	if len(b) != int(ParamsSize) {
+		t.Fatalf("Bytes: %d bytes, want %d", len(b), ParamsSize)
+	}
+	if b[0] != 7 {
+		t.Errorf("tokens: first byte %d, want 7 (little-endian)", b[0])
+	}
+	off := reflect.TypeOf(p).Field(19).Offset
+	if b[off] != 8 || b[off+7] != 1 {
+		t.Errorf("watchdog_ns bytes % x", b[off:off+8])
+	}
+	var s Status
+	s.Code, s.Peer, s.BytesPut = 1, 3, 99
+	got := StatusFromBytes(structBytes(&s))
+	if got != s {
+		t.Errorf("StatusFromBytes round trip: %+v, want %+v", got, s)
+	}
+}
+
+func TestLocate(t *testing.T) {
+	dir := t.TempDir()
+	good := dir + "/k.cubin"
+	if err := os.WriteFile(good, []byte("cubin"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, from, err := locate(good, "", nil, ""); err != nil || string(b) != "cubin" || from != good {
+		t.Errorf("flag: %q %q %v", b, from, err)
+	}
+	if _, _, err := locate(dir+"/missing", "", []byte("emb"), ""); err == nil {
+		t.Error("a named but missing --cubin must be an error, not a fallback")
+	}
+	if b, from, err := locate("", good, []byte("emb"), ""); err != nil || string(b) != "cubin" || from != good {
+		t.Errorf("env: %q %q %v", b, from, err)
+	}
+	if b, from, err := locate("", "", []byte("emb"), dir); err != nil || string(b) != "emb" || from != "embedded" {
+		t.Errorf("embedded: %q %q %v", b, from, err)
+	}
+	if err := os.WriteFile(dir+"/"+CubinName, []byte("next"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, _, err := locate("", "", nil, dir); err != nil || string(b) != "next" {
+		t.Errorf("next to executable: %q %v", b, err)
+	}
+	_, _, err := locate("", "", nil, t.TempDir())
+	if err == nil {
+		t.Fatal("nothing anywhere: want an error")
+	}
+	for _, want := range []string{"--cubin", EnvCubin, "embedded", CubinName} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func structBytes(s *Status) []byte {
+	b := make([]byte, StatusSize)
+	copy(b, unsafeBytes(s))
+	return b
+}
