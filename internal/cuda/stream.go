@@ -112,10 +112,16 @@ func (d *Driver) ready(r C.CUresult, s sym) (bool, error) {
 	return false, d.check(r, s, "")
 }
 
-// poll calls done until it reports true, fails, or timeout passes, sleeping
-// between calls from 20µs up to 1ms.
+// spinFor is how long poll queries without sleeping: a forward of the layer
+// takes tens of microseconds to milliseconds, and a sleep's wake-up latency
+// (tens of microseconds, more under load) would be added to every one.
+const spinFor = 5 * time.Millisecond
+
+// poll calls done until it reports true, fails, or timeout passes: back to
+// back for the first spinFor, then sleeping from 20µs up to 1ms.
 func poll(timeout time.Duration, done func() (bool, error), what string) error {
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	sleep := 20 * time.Microsecond
 	for {
 		ok, err := done()
@@ -124,6 +130,9 @@ func poll(timeout time.Duration, done func() (bool, error), what string) error {
 		}
 		if !time.Now().Before(deadline) {
 			return fmt.Errorf("waiting for %s: %w after %v", what, ErrTimeout, timeout)
+		}
+		if time.Since(start) < spinFor {
+			continue
 		}
 		time.Sleep(sleep)
 		if sleep < time.Millisecond {

@@ -341,6 +341,11 @@ func (b *Backend) Layout() symheap.Layout { return b.layout }
 // configuration is unchanged), zeroes the symmetric heap and uploads this
 // rank's experts and the gate. Collective.
 func (b *Backend) Prepare(cfg config.Layer) error {
+	// CUDA's current context is per OS thread: stay on one thread for the
+	// whole call (the context is made current below), whichever goroutine
+	// calls. LockOSThread nests, so a caller's own lock is kept.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := b.usable(); err != nil {
 		return err
 	}
@@ -551,6 +556,11 @@ func gateSplit(tokens, experts, hidden, grid int) int {
 
 // Forward runs one forward of cfg.Tokens rows of x. Collective.
 func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error) {
+	// CUDA's current context is per OS thread: stay on one thread for the
+	// whole call (the context is made current below), whichever goroutine
+	// calls. LockOSThread nests, so a caller's own lock is kept.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var tm backend.Timing
 	if err := b.usable(); err != nil {
 		return tm, err
@@ -660,6 +670,11 @@ func StatusError(st kernels.Status, launch uint64) error {
 
 // Result copies the last forward's outputs to the host.
 func (b *Backend) Result() (*backend.Result, error) {
+	// CUDA's current context is per OS thread: stay on one thread for the
+	// whole call (the context is made current below), whichever goroutine
+	// calls. LockOSThread nests, so a caller's own lock is kept.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if b.closed {
 		return nil, errors.New("gpu backend is closed")
 	}
@@ -718,6 +733,11 @@ func (b *Backend) release() error {
 // (the kernel still running) it frees nothing on the device and does not
 // finalize NVSHMEM, whose collective teardown would wait on the kernel.
 func (b *Backend) Close() error {
+	// CUDA's current context is per OS thread: stay on one thread for the
+	// whole call (the context is made current below), whichever goroutine
+	// calls. LockOSThread nests, so a caller's own lock is kept.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if b == nil || b.closed {
 		return nil
 	}
