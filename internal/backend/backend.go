@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/datagen"
 )
 
 // Result is what one forward produced on this rank, on the host.
@@ -45,4 +46,26 @@ type Backend interface {
 	Result() (*Result, error)
 	// Close releases everything the backend holds.
 	Close() error
+}
+
+// Weights are one layer's weights given by the caller (a checkpoint, a
+// training driver) instead of generated from the seed. Layouts are those of
+// package datagen: Gate [H, E]; each expert's W1 [H, I], B1 [I], W2 [I, H],
+// B2 [H] (relu/gelu), or W1 = gate projection [H, I], Wu [H, I], W2 = down
+// projection [I, H] (swiglu), all row-major float32 (bf16 values widened).
+type Weights struct {
+	Gate    []float32
+	Experts map[int]*datagen.Expert // the experts this rank owns, by global id
+}
+
+// Layers is implemented by backends that hold several layers at once (a
+// model has dozens of MoE layers) sharing one set of communication buffers:
+// each layer has its own weights and is run by id.
+type Layers interface {
+	// PrepareLayer loads layer id's weights for cfg (replacing any earlier
+	// weights of that id); w nil generates them from cfg.Seed.
+	PrepareLayer(id int, cfg config.Layer, w *Weights) error
+	// ForwardLayer runs one forward of layer id, as Backend.Forward does;
+	// Result then returns its outputs.
+	ForwardLayer(id int, cfg config.Layer, x []float32) (Timing, error)
 }
