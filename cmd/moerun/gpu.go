@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/rs/zerolog"
 
 	"github.com/moerun/moerun/bootstrap"
@@ -15,6 +17,11 @@ import (
 // openGPU opens the persistent-kernel backend on this rank's GPU, with the
 // symmetric heap sized for the largest of the configs to run.
 func openGPU(world *bootstrap.World, o bench.Options, log zerolog.Logger) (backend.Backend, error) {
+	if world.Nodes > 1 {
+		// Every peer must be reachable by NVLink loads and stores; NVSHMEM's
+		// remote transports are not wired in yet.
+		return nil, fmt.Errorf("the ranks run on %d nodes: the GPU backend runs on one node until the remote-transport path exists (the CPU backend runs across nodes)", world.Nodes)
+	}
 	var heap uint64
 	for _, c := range o.Configs(config.FP32) {
 		if lay, err := symheap.Plan(c, world.Size); err == nil {
