@@ -21,12 +21,12 @@ all: build
 # The binary with the kernel embedded (-tags cubin) and MPI (-tags mpi).
 build: kernels
 	cp $(KERNEL_CUBIN) kernels/moerun.cubin
-	$(GO) build -tags "mpi cubin" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/moerun
+	$(GO) build -buildvcs=auto -tags "mpi cubin" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/moerun
 
 # Without CUDA: the binary looks for the cubin next to itself, in
 # MOERUN_CUBIN or --cubin, and the CPU backend needs none.
 build-nocubin:
-	$(GO) build -tags mpi -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/moerun
+	$(GO) build -buildvcs=auto -tags mpi -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/moerun
 
 # The main job: the GPU backend on every local GPU when there are GPUs; the
 # CPU backend on 4 ranks with a small verified config otherwise.
