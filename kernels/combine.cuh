@@ -6,6 +6,8 @@
 // 16-byte loads and stores, a fixed summation order: no atomics, bitwise
 // reproducible. A dropped pair (w == 0) is skipped, so its never-written
 // return row is never read; a token whose pairs were all dropped gets 0.
+// Returned rows are fp32, or bf16 in bf16 mode (widened exactly); the sum is
+// fp32 and out is fp32 in every mode.
 #pragma once
 
 #include "sync.cuh"
@@ -23,7 +25,9 @@ __device__ inline bool combine(Ctx& c) {
   }
   __syncthreads();
   if (!c.sh.ok) return false;
-  const float* ret = reinterpret_cast<const float*>(my_heap(p, p.off_ret_rows));
+  const char* ret = my_heap(p, p.off_ret_rows);
+  const bool bf16 = p.dtype == MOE_DTYPE_BF16;
+  const int64_t rrb = static_cast<int64_t>(H) * ret_elem_bytes(p);  // bytes of a returned row
   const float* tw = reinterpret_cast<const float*>(p.topk_w);
   float* out = reinterpret_cast<float*>(p.out);
   const int lane = threadIdx.x & 31;
@@ -32,7 +36,7 @@ __device__ inline bool combine(Ctx& c) {
   const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
   for (int t = gwarp; t < T; t += nwarps) {
     const float wl = lane < k ? ld_cg(tw + t * k + lane) : 0.f;
-    const float* rrow = ret + static_cast<int64_t>(t) * k * H;
+    const char* rrow = ret + static_cast<int64_t>(t) * k * rrb;
     float* orow = out + static_cast<int64_t>(t) * H;
     for (int c0 = 0; c0 < H; c0 += 128) {  // every lane iterates: the shuffles need the full warp
       const int col = c0 + lane * 4;
@@ -41,7 +45,9 @@ __device__ inline bool combine(Ctx& c) {
       for (int j = 0; j < k; ++j) {
         const float w = __shfl_sync(kFull, wl, j);
         if (w == 0.f || !mine) continue;
-        const float4 r = ld_cg4(rrow + static_cast<int64_t>(j) * H + col);
+        const char* rp = rrow + j * rrb;
+        const float4 r = bf16 ? bf16x4_to_float4(__ldcg(reinterpret_cast<const uint2*>(rp) + col / 4))
+                              : ld_cg4(reinterpret_cast<const float*>(rp) + col);
         acc.x = fmaf(w, r.x, acc.x);
         acc.y = fmaf(w, r.y, acc.y);
         acc.z = fmaf(w, r.z, acc.z);

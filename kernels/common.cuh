@@ -19,17 +19,24 @@ constexpr int kMaxExperts = MOE_MAX_EXPERTS;
 constexpr int kRouteTokPerThread = 8;  // tokens per thread per step of the route scan
 constexpr unsigned kFull = 0xffffffffu;
 
-static_assert(kThreads == 256, "the GEMM tile maps 16x16 threads onto 64x64 outputs");
-static_assert(kTileM == 64 && kTileN == 64 && kTileK == 16, "tile loaders assume 64x64x16");
+static_assert(kThreads == 256, "the GEMM tiles map 256 threads (16x16 SIMT, 8 warps tensor-core)");
+static_assert(kTileM == 64 && kTileN == 64 && kTileK == 16, "SIMT tile loaders assume 64x64x16");
 static_assert(sizeof(MoeParams) % 8 == 0, "MoeParams padding");
 static_assert(sizeof(MoeStatus) % 8 == 0, "MoeStatus padding");
 static_assert(sizeof(MoeSched) % 8 == 0, "MoeSched padding");
 static_assert(sizeof(MoeRowTile) == 16, "MoeRowTile is 16 bytes");
 
-// Bytes of the shared buffer that phases reuse (GEMM stages, prefix tables).
-constexpr int kPhaseBytes = 33792;
+// Bytes of the shared buffer that phases reuse (GEMM stages, epilogue
+// staging, prefix tables): the block's dynamic shared memory, which the host
+// passes at launch (params.h; checked at kernel entry): kPhaseBytes in
+// tf32/bf16 mode, kSimtPhaseBytes in fp32 mode. Everything but the
+// tensor-core tile fits the smaller one.
+constexpr int kPhaseBytes = MOE_PHASE_BYTES;
+constexpr int kSimtPhaseBytes = MOE_SIMT_PHASE_BYTES;
+static_assert(kSimtPhaseBytes <= kPhaseBytes, "phase sizes");
+static_assert(2 * (kMaxExperts + 1) * 4 <= kSimtPhaseBytes, "prefix tables fit the fp32 phase buffer");
 
-// Shared memory of one block: fixed part plus the phase buffer.
+// Static shared memory of one block; the phase buffer is dynamic.
 struct Shared {
   uint64_t peer_base[kMaxWorld];  // nvshmem_ptr(heap_base, pe), by PE
   int scan_warp[kWarps + 1];      // block scan scratch
@@ -37,18 +44,38 @@ struct Shared {
   uint64_t seq;                   // this launch's sequence number
   int ok;                         // 0 after an abort
   int pad_;
-  __align__(16) unsigned char phase[kPhaseBytes];
 };
 
 // Per-thread view of the launch, built once at kernel entry.
 struct Ctx {
   const MoeParams& p;
   Shared& sh;
+  unsigned char* phase;  // the phase buffer (dynamic shared memory), 128-byte aligned
   uint64_t seq;
   uint64_t busy;   // thread 0: ns spent in task work
   uint64_t bytes;  // thread 0 / lane 0s: payload bytes stored to other PEs
   uint64_t tasks;  // thread 0: GEMM tasks run
 };
+
+// Storage of the mode: bytes of an element of x, received rows, the
+// intermediate and the expert weights; and of a returned row's element.
+__device__ __forceinline__ int elem_bytes(const MoeParams& p) { return p.dtype == MOE_DTYPE_BF16 ? 2 : 4; }
+__device__ __forceinline__ int ret_elem_bytes(const MoeParams& p) { return p.dtype == MOE_DTYPE_BF16 ? 2 : 4; }
+// Tensor-core modes (tf32, bf16) use the gemm_tc.cuh tiles and the
+// transposed weight layout; fp32 the SIMT tiles of gemm.cuh.
+__device__ __forceinline__ bool tc_mode(const MoeParams& p) { return p.dtype != MOE_DTYPE_FP32; }
+
+__device__ __forceinline__ uint32_t dynamic_smem_bytes() {
+  uint32_t n;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(n));
+  return n;
+}
+
+// 4 bf16 (8 bytes) widened to fp32 (exact).
+__device__ __forceinline__ float4 bf16x4_to_float4(uint2 u) {
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
 
 __device__ __forceinline__ MoeStatus* status_of(const MoeParams& p) {
   return reinterpret_cast<MoeStatus*>(p.heap_base + p.off_status);

@@ -6,11 +6,15 @@
 // of expert e (owner d = e / El) lands in d's receive region for this source
 // at row g - prefix[d*El]: grouped by d's local expert, token order inside an
 // expert, exact offsets, no padding. The row travels as 16-byte stores
-// through the NVLink mapping (nvshmem_ptr); lane 0 also stores the row's
-// return slot t*k+j. Block 0 stores the per-(source, local expert) counts.
+// through the NVLink mapping (nvshmem_ptr), in the storage dtype (H fp32, or
+// H bf16 in bf16 mode: half the bytes); in tf32 mode each value is rounded to
+// tf32 (cvt.rna) on the way, so GEMM0's A operand is exact tf32. Lane 0 also
+// stores the row's return slot t*k+j. Block 0 stores the per-(source, local
+// expert) counts.
 // The dispatch signals follow the next grid barrier (moe_kernel.cu).
 #pragma once
 
+#include "gemm_tc.cuh"
 #include "sync.cuh"
 
 namespace moe {
@@ -20,8 +24,8 @@ __device__ inline void dispatch(Ctx& c) {
   const int E = p.experts, El = p.experts_per_rank, H = p.hidden, k = p.topk;
   const int* count = reinterpret_cast<const int*>(p.route_count);
   const int* list = reinterpret_cast<const int*>(p.route_list);
-  const float* x = reinterpret_cast<const float*>(p.x);
-  int* pre = reinterpret_cast<int*>(c.sh.phase);  // [E + 1]
+  const char* x = reinterpret_cast<const char*>(p.x);
+  int* pre = reinterpret_cast<int*>(c.phase);  // [E + 1]
   for (int e = threadIdx.x; e < E; e += kThreads) pre[e] = ld_cg(count + e);
   __syncthreads();
   const int total = block_exclusive_scan(pre, E, c.sh);
@@ -38,7 +42,9 @@ __device__ inline void dispatch(Ctx& c) {
   const int gwarp = blockIdx.x * kWarps + (threadIdx.x >> 5);
   const int nwarps = gridDim.x * kWarps;
   const int64_t rps = p.rows_per_source;
-  const int vecs = H / 4;
+  const int64_t rowbytes = static_cast<int64_t>(H) * elem_bytes(p);
+  const int vecs = static_cast<int>(rowbytes / 16);
+  const bool tf32 = p.dtype == MOE_DTYPE_TF32;
   const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
   uint64_t bytes = 0;
   for (int g = gwarp; g < total; g += nwarps) {
@@ -49,12 +55,23 @@ __device__ inline void dispatch(Ctx& c) {
     const int pair = ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + pos);
     const int t = pair / k;
     const int64_t drow = static_cast<int64_t>(p.rank) * rps + row;
-    const float4* src = reinterpret_cast<const float4*>(x + static_cast<int64_t>(t) * H);
-    float4* dst = reinterpret_cast<float4*>(peer_heap(c, d, p.off_recv_rows) + drow * H * sizeof(float));
-    for (int v = lane; v < vecs; v += 32) dst[v] = __ldg(src + v);
+    const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * rowbytes);
+    uint4* dst = reinterpret_cast<uint4*>(peer_heap(c, d, p.off_recv_rows) + drow * rowbytes);
+    if (tf32) {
+      for (int v = lane; v < vecs; v += 32) {
+        uint4 u = __ldg(src + v);
+        u.x = __float_as_uint(round_tf32(__uint_as_float(u.x)));
+        u.y = __float_as_uint(round_tf32(__uint_as_float(u.y)));
+        u.z = __float_as_uint(round_tf32(__uint_as_float(u.z)));
+        u.w = __float_as_uint(round_tf32(__uint_as_float(u.w)));
+        dst[v] = u;
+      }
+    } else {
+      for (int v = lane; v < vecs; v += 32) dst[v] = __ldg(src + v);
+    }
     if (lane == 0) {
       reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_meta))[drow] = pair;
-      if (d != p.rank) bytes += static_cast<uint64_t>(H) * sizeof(float);
+      if (d != p.rank) bytes += static_cast<uint64_t>(rowbytes);
     }
   }
   if (lane == 0) c.bytes += bytes;

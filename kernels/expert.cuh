@@ -3,7 +3,8 @@
 // Roles during this phase:
 // - the OS block (the last block) is the subscriber: it polls the W dispatch
 //   signals (bounded by the watchdog) and, as each source s arrives, decodes
-//   s's counts into row tiles (<= 64 rows of one (s, local expert)), writes
+//   s's counts into row tiles (<= row_tile_rows(p) rows of one (s, local
+//   expert): 64 in fp32, 128 in tf32/bf16), writes
 //   their descriptors and publishes the arrival (arr_src / arr_task0 /
 //   arr_tile0, then arr_n with release). A source that sent no rows gets its
 //   return signal at once. After the last arrival it becomes a processor.
@@ -21,23 +22,45 @@
 //     signal (after a system fence).
 // A processor exits when every source has arrived, GEMM0 tickets are
 // exhausted and every GEMM1 task has been taken.
+//
+// Tiles by mode: fp32 runs the SIMT tile (gemm.cuh, 64 x 64); tf32 and bf16
+// the tensor-core tile (gemm_tc.cuh, 128 rows x 128 output columns, or 64
+// output columns of both swiglu operands), with weights transposed ([N][K]).
 #pragma once
 
 #include "gemm.cuh"
+#include "gemm_tc.cuh"
 #include "sync.cuh"
 
 namespace moe {
 
 enum TaskType : int { kTaskNone = 0, kTaskG0 = 1, kTaskG1 = 2, kTaskExit = 3 };
 
+// Task geometry of the mode. Row tiles: rows of one task. GEMM0 / GEMM1
+// column tiles: tasks per row tile. H and I are multiples of 64, so only a
+// 128-wide tensor-core column tile can be partial (64 of 128 columns).
+__device__ __forceinline__ int row_tile_rows(const MoeParams& p) { return tc_mode(p) ? kTcTileM : kTileM; }
+__device__ __forceinline__ int g0_tile_cols(const MoeParams& p) {
+  return tc_mode(p) ? (p.ffn == MOE_FFN_SWIGLU ? kTcTileN / 2 : kTcTileN) : kTileN;
+}
+__device__ __forceinline__ int g1_tile_cols(const MoeParams& p) { return tc_mode(p) ? kTcTileN : kTileN; }
+__device__ __forceinline__ int g0_col_tiles(const MoeParams& p) {
+  const int w = g0_tile_cols(p);
+  return (p.ffn_hidden + w - 1) / w;
+}
+__device__ __forceinline__ int g1_col_tiles(const MoeParams& p) {
+  const int w = g1_tile_cols(p);
+  return (p.hidden + w - 1) / w;
+}
+
 // The subscriber loop of the OS block. Returns false after an abort.
 __device__ inline bool os_subscribe(Ctx& c) {
   const MoeParams& p = c.p;
   const int W = p.world, El = p.experts_per_rank;
-  const int nt0 = p.ffn_hidden / kTileN, nt1 = p.hidden / kTileN;
+  const int nt0 = g0_col_tiles(p), nt1 = g1_col_tiles(p), tm = row_tile_rows(p);
   MoeSched* s = sched_of(p);
   const uint64_t* sig = reinterpret_cast<const uint64_t*>(my_heap(p, p.off_sig_dispatch));
-  int* rows = reinterpret_cast<int*>(c.sh.phase);  // [El + 1] row prefix
+  int* rows = reinterpret_cast<int*>(c.phase);     // [El + 1] row prefix
   int* tiles = rows + (El + 1);                    // [El + 1] tile prefix
   MoeRowTile* desc = reinterpret_cast<MoeRowTile*>(p.rt_desc);
   uint64_t arrived = 0;  // bit s: source s decoded (thread 0's view)
@@ -74,7 +97,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
     for (int le = threadIdx.x; le < El; le += kThreads) {
       const int r = ld_cg(cnt + le);
       rows[le] = r;
-      tiles[le] = (r + kTileM - 1) / kTileM;
+      tiles[le] = (r + tm - 1) / tm;
     }
     __syncthreads();
     block_exclusive_scan(rows, El, c.sh);
@@ -92,8 +115,8 @@ __device__ inline bool os_subscribe(Ctx& c) {
       MoeRowTile d;
       d.src = src;
       d.le = le;
-      d.row0 = rows[le] + mt * kTileM;
-      d.nrows = min(kTileM, nr - mt * kTileM);
+      d.row0 = rows[le] + mt * tm;
+      d.nrows = min(tm, nr - mt * tm);
       desc[tile0 + i] = d;
     }
     __syncthreads();
@@ -119,7 +142,7 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& rt, 
   const MoeParams& p = c.p;
   MoeSched* s = sched_of(p);
   const int W = p.world;
-  const int nt0 = p.ffn_hidden / kTileN, nt1 = p.hidden / kTileN;
+  const int nt0 = g0_col_tiles(p), nt1 = g1_col_tiles(p);
   const uint64_t t0 = globaltimer();
   // Waiting for work is legitimate while a slow peer's rows are on their way:
   // the OS block's watchdog covers that. This bound is only a backstop.
@@ -175,12 +198,42 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& rt, 
   }
 }
 
+// After a GEMM0 task's stores: the block that completes the last GEMM0 tile
+// of row tile rt queues it for GEMM1.
+__device__ inline void finish_gemm0(Ctx& c, int rt) {
+  const MoeParams& p = c.p;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    MoeSched* sc = sched_of(p);
+    __threadfence();
+    const unsigned done = atomicAdd(reinterpret_cast<unsigned*>(p.tile_done) + rt, 1u) + 1u;
+    if (done == static_cast<unsigned>(g0_col_tiles(p))) {
+      const unsigned pos = atomicAdd(&sc->g1_tail, 1u);
+      st_release_gpu_u32(reinterpret_cast<uint32_t*>(p.g1_list) + pos, static_cast<uint32_t>(rt + 1));
+    }
+  }
+}
+
+// After a GEMM1 task's stores into source src's return rows (bytes of them
+// remote): the block that completes src's last GEMM1 task sends its signal.
+__device__ inline void finish_gemm1(Ctx& c, int src, uint64_t bytes) {
+  const MoeParams& p = c.p;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    if (src != p.rank) c.bytes += bytes;
+    MoeSched* sc = sched_of(p);
+    __threadfence_system();
+    const int done = atomicAdd(&sc->ret_done[src], 1) + 1;
+    if (done == ld_cg(&sc->ret_target[src])) send_signal(c, p.off_sig_return, src);
+  }
+}
+
 template <int NB>
 __device__ inline void run_gemm0(Ctx& c, const MoeRowTile& d, int rt, int nt) {
   const MoeParams& p = c.p;
   const int H = p.hidden, I = p.ffn_hidden;
   const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;  // row in recv / inter
-  auto& s = *reinterpret_cast<GemmSmem<NB>*>(c.sh.phase);
+  auto& s = *reinterpret_cast<GemmSmem<NB>*>(c.phase);
   GemmArgs<NB> g;
   g.a = reinterpret_cast<const float*>(my_heap(p, p.off_recv_rows)) + grow * H;
   g.lda = H;
@@ -193,7 +246,7 @@ __device__ inline void run_gemm0(Ctx& c, const MoeRowTile& d, int rt, int nt) {
   g.K = H;
   g.bvec = true;
   float acc[NB][4][4];
-  gemm_tile<NB>(g, s, acc);
+  gemm_tile(g, s, acc);
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int n = nt * kTileN + tx * 4;
   float bias[4] = {0.f, 0.f, 0.f, 0.f};
@@ -219,25 +272,15 @@ __device__ inline void run_gemm0(Ctx& c, const MoeRowTile& d, int rt, int nt) {
     }
     st4(out + static_cast<int64_t>(r) * I, make_float4(v[0], v[1], v[2], v[3]));
   }
-  // Publish: the last GEMM0 tile of this row tile queues it for GEMM1.
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    MoeSched* sc = sched_of(p);
-    __threadfence();
-    const unsigned done = atomicAdd(reinterpret_cast<unsigned*>(p.tile_done) + rt, 1u) + 1u;
-    if (done == static_cast<unsigned>(I / kTileN)) {
-      const unsigned pos = atomicAdd(&sc->g1_tail, 1u);
-      st_release_gpu_u32(reinterpret_cast<uint32_t*>(p.g1_list) + pos, static_cast<uint32_t>(rt + 1));
-    }
-  }
+  finish_gemm0(c, rt);
 }
 
 __device__ inline void run_gemm1(Ctx& c, const MoeRowTile& d, int nt) {
   const MoeParams& p = c.p;
   const int H = p.hidden, I = p.ffn_hidden;
   const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
-  auto& s = *reinterpret_cast<GemmSmem<1>*>(c.sh.phase);
-  int* slots = reinterpret_cast<int*>(c.sh.phase + sizeof(GemmSmem<1>));
+  auto& s = *reinterpret_cast<GemmSmem<1>*>(c.phase);
+  int* slots = reinterpret_cast<int*>(c.phase + sizeof(GemmSmem<1>));
   if (threadIdx.x < d.nrows) {
     slots[threadIdx.x] = ld_cg(reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow + threadIdx.x);
   }
@@ -252,7 +295,7 @@ __device__ inline void run_gemm1(Ctx& c, const MoeRowTile& d, int nt) {
   g.K = I;
   g.bvec = true;
   float acc[1][4][4];
-  gemm_tile<1>(g, s, acc);  // its first __syncthreads also publishes slots[]
+  gemm_tile(g, s, acc);  // its first __syncthreads also publishes slots[]
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
   const int n = nt * kTileN + tx * 4;
   float bias[4] = {0.f, 0.f, 0.f, 0.f};
@@ -270,13 +313,91 @@ __device__ inline void run_gemm1(Ctx& c, const MoeRowTile& d, int nt) {
     st4(ret + slot * H + n, make_float4(acc[0][i][0] + bias[0], acc[0][i][1] + bias[1], acc[0][i][2] + bias[2],
                                         acc[0][i][3] + bias[3]));
   }
+  finish_gemm1(c, d.src, static_cast<uint64_t>(d.nrows) * kTileN * sizeof(float));
+}
+
+// ---- tensor-core tasks (tf32, bf16) ----------------------------------------
+
+// GEMM0: act(A.W1 + b1) or silu(A.Wg) * (A.Wu) for rows of row tile d and
+// output columns nt*w..+w (w = 128, or 64 for swiglu) into the intermediate,
+// stored in the storage dtype (tf32-rounded fp32, or bf16).
+template <class Mma, int NB>
+__device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt) {
+  using T = typename Mma::T;
+  const MoeParams& p = c.p;
+  const int H = p.hidden, I = p.ffn_hidden;
+  const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;  // row in recv / inter
+  constexpr int kW = tc_out_cols<NB>();
+  const int n0 = nt * kW;
+  TcArgs<NB> g;
+  g.a = reinterpret_cast<const T*>(my_heap(p, p.off_recv_rows)) + grow * H;
+  g.lda = H;
+  g.mrows = d.nrows;
+  const int64_t wofs = static_cast<int64_t>(d.le) * I * H + static_cast<int64_t>(n0) * H;  // W^T [El][I][H]
+  g.b[0] = reinterpret_cast<const T*>(p.w1) + wofs;
+  if (NB == 2) g.b[NB - 1] = reinterpret_cast<const T*>(p.wu) + wofs;
+  g.ldb = H;
+  g.ncols = min(kW, I - n0);
+  g.K = H;
+  float acc[4][4][4];
+  tc_gemm_tile<Mma, NB>(g, c.phase, acc);
+  float* cs = reinterpret_cast<float*>(c.phase);
+  const int op = NB == 2 ? kOpSwiGLU : (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU);
+  const float* bias = NB == 1 ? reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0 : nullptr;
+  tc_stage<NB>(acc, cs, op, bias, g.ncols);
   __syncthreads();
-  if (threadIdx.x == 0) {
-    if (d.src != p.rank) c.bytes += static_cast<uint64_t>(d.nrows) * kTileN * sizeof(float);
-    MoeSched* sc = sched_of(p);
-    __threadfence_system();
-    const int done = atomicAdd(&sc->ret_done[d.src], 1) + 1;
-    if (done == ld_cg(&sc->ret_target[d.src])) send_signal(c, p.off_sig_return, d.src);
+  T* out = reinterpret_cast<T*>(p.inter) + grow * I + n0;
+  tc_copy_out<T>(cs, d.nrows, g.ncols, Mma::kTF32, [&](int r) { return out + static_cast<int64_t>(r) * I; });
+  finish_gemm0(c, rt);
+}
+
+// GEMM1: A.W2 + b2 for rows of row tile d and output columns nt*128..+128,
+// stored straight into the source's return rows (slot t*k+j) in the storage
+// dtype of returned rows (fp32 in tf32 mode, bf16 in bf16 mode).
+template <class Mma>
+__device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
+  using T = typename Mma::T;
+  const MoeParams& p = c.p;
+  const int H = p.hidden, I = p.ffn_hidden;
+  const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
+  int* slots = reinterpret_cast<int*>(c.phase + kTcMainBytes);  // untouched by the tile
+  if (threadIdx.x < d.nrows) {
+    slots[threadIdx.x] = ld_cg(reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow + threadIdx.x);
+  }
+  const int n0 = nt * kTcTileN;
+  TcArgs<1> g;
+  g.a = reinterpret_cast<const T*>(p.inter) + grow * I;
+  g.lda = I;
+  g.mrows = d.nrows;
+  g.b[0] = reinterpret_cast<const T*>(p.w2) + static_cast<int64_t>(d.le) * H * I + static_cast<int64_t>(n0) * I;
+  g.ldb = I;
+  g.ncols = min(kTcTileN, H - n0);
+  g.K = I;
+  float acc[4][4][4];
+  tc_gemm_tile<Mma, 1>(g, c.phase, acc);  // its first __syncthreads also publishes slots[]
+  float* cs = reinterpret_cast<float*>(c.phase);
+  const float* bias = p.ffn != MOE_FFN_SWIGLU
+                          ? reinterpret_cast<const float*>(p.b2) + static_cast<int64_t>(d.le) * H + n0
+                          : nullptr;
+  tc_stage<1>(acc, cs, kOpNone, bias, g.ncols);
+  __syncthreads();
+  T* ret = reinterpret_cast<T*>(peer_heap(c, d.src, p.off_ret_rows)) + n0;
+  tc_copy_out<T>(cs, d.nrows, g.ncols, false,
+                 [&](int r) { return ret + static_cast<int64_t>(slots[r]) * H; });
+  finish_gemm1(c, d.src, static_cast<uint64_t>(d.nrows) * g.ncols * sizeof(T));
+}
+
+// One task of the tensor-core modes.
+template <class Mma>
+__device__ inline void run_task_tc(Ctx& c, int type, const MoeRowTile& d, int rt, int nt) {
+  if (type == kTaskG0) {
+    if (c.p.ffn == MOE_FFN_SWIGLU) {
+      run_gemm0_tc<Mma, 2>(c, d, rt, nt);
+    } else {
+      run_gemm0_tc<Mma, 1>(c, d, rt, nt);
+    }
+  } else {
+    run_gemm1_tc<Mma>(c, d, nt);
   }
 }
 
@@ -302,7 +423,11 @@ __device__ inline bool process(Ctx& c) {
     const int4 dv = __ldcg(reinterpret_cast<const int4*>(desc + trt));
     MoeRowTile d;
     d.src = dv.x; d.le = dv.y; d.row0 = dv.z; d.nrows = dv.w;
-    if (type == kTaskG0) {
+    if (p.dtype == MOE_DTYPE_BF16) {
+      run_task_tc<MmaBF16>(c, type, d, trt, tnt);
+    } else if (p.dtype == MOE_DTYPE_TF32) {
+      run_task_tc<MmaTF32>(c, type, d, trt, tnt);
+    } else if (type == kTaskG0) {
       if (p.ffn == MOE_FFN_SWIGLU) run_gemm0<2>(c, d, trt, tnt); else run_gemm0<1>(c, d, trt, tnt);
     } else {
       run_gemm1(c, d, tnt);

@@ -1,4 +1,4 @@
-// gate.cuh: logits = X . Wg (fp32 FMA), softmax over E in fp32, top-k.
+// gate.cuh: logits = X . Wg (fp32 FMA, every mode), softmax over E in fp32, top-k.
 //
 // Phase 1 (gate_gemm): tiles of 64 tokens x 64 experts x (H / ksplit),
 // strided over the blocks; each tile writes its partial sums to
@@ -15,14 +15,17 @@
 
 namespace moe {
 
-__device__ inline void gate_gemm(Ctx& c) {
+// TX: storage type of x (float, or __nv_bfloat16 in bf16 mode; gate_w and
+// the math are fp32 in every mode).
+template <typename TX>
+__device__ inline void gate_gemm_t(Ctx& c) {
   const MoeParams& p = c.p;
   const int T = p.tokens, E = p.experts, H = p.hidden, ks = p.gate_ksplit;
   const int mt_n = (T + kTileM - 1) / kTileM, nt_n = (E + kTileN - 1) / kTileN;
   const int tiles = mt_n * nt_n * ks;
   const int kc = H / ks;
-  auto& s = *reinterpret_cast<GemmSmem<1>*>(c.sh.phase);
-  const float* x = reinterpret_cast<const float*>(p.x);
+  auto& s = *reinterpret_cast<GemmSmem<1>*>(c.phase);
+  const TX* x = reinterpret_cast<const TX*>(p.x);
   const float* wg = reinterpret_cast<const float*>(p.gate_w);
   float* part = reinterpret_cast<float*>(p.logits_part);
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
@@ -31,7 +34,7 @@ __device__ inline void gate_gemm(Ctx& c) {
     const int split = tile % ks;
     const int nt = (tile / ks) % nt_n;
     const int mt = tile / (ks * nt_n);
-    GemmArgs<1> g;
+    GemmArgs<1, TX> g;
     g.a = x + static_cast<int64_t>(mt) * kTileM * H + static_cast<int64_t>(split) * kc;
     g.lda = H;
     g.mrows = min(kTileM, T - mt * kTileM);
@@ -41,7 +44,7 @@ __device__ inline void gate_gemm(Ctx& c) {
     g.K = kc;
     g.bvec = false;
     float acc[1][4][4];
-    gemm_tile<1>(g, s, acc);
+    gemm_tile(g, s, acc);
     float* dst = part + (static_cast<int64_t>(split) * p.max_tokens + static_cast<int64_t>(mt) * kTileM) * E +
                  nt * kTileN;
 #pragma unroll
@@ -55,6 +58,14 @@ __device__ inline void gate_gemm(Ctx& c) {
       }
     }
     if (threadIdx.x == 0) c.busy += globaltimer() - t0;
+  }
+}
+
+__device__ inline void gate_gemm(Ctx& c) {
+  if (c.p.dtype == MOE_DTYPE_BF16) {
+    gate_gemm_t<__nv_bfloat16>(c);
+  } else {
+    gate_gemm_t<float>(c);
   }
 }
 

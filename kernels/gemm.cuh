@@ -8,10 +8,13 @@
 // __syncthreads per K step. Rows >= mrows and columns >= ncols are predicated
 // (loaded as zero, never stored by the epilogues).
 //
-// The tile's contract (pointers to row 0 / column 0 of the tile, mrows,
-// ncols, K; accumulators handed to an epilogue per (row, 4 columns)) is the
-// seam where a wgmma tf32/bf16 tile replaces this one.
+// The fp32 mode's expert GEMMs and the gate GEMM of every mode use it; the
+// tf32/bf16 expert GEMMs use the tensor-core tile of gemm_tc.cuh. TA is the
+// storage type of A: float, or __nv_bfloat16 (the gate reading bf16 tokens;
+// widened exactly, the math stays fp32).
 #pragma once
+
+#include <cuda_bf16.h>
 
 #include "common.cuh"
 
@@ -22,11 +25,11 @@ struct GemmSmem {
   float As[2][kTileK][kTileM + 4];  // A transposed: As[k][m]; +4 staggers banks
   float Bs[2][NB][kTileK][kTileN];  // B as is: Bs[k][n]
 };
-static_assert(sizeof(GemmSmem<2>) + kTileM * sizeof(int) <= kPhaseBytes, "GEMM stages fit the phase buffer");
+static_assert(sizeof(GemmSmem<2>) + kTileM * sizeof(int) <= kSimtPhaseBytes, "GEMM stages fit the phase buffer");
 
-template <int NB>
+template <int NB, typename TA = float>
 struct GemmArgs {
-  const float* a;     // A[0][0] of the tile; rows are lda floats apart
+  const TA* a;        // A[0][0] of the tile; rows are lda elements apart
   int64_t lda;
   int mrows;          // valid rows, 0..kTileM
   const float* b[NB]; // B[0][n0] of the tile; rows are ldb floats apart
@@ -36,13 +39,20 @@ struct GemmArgs {
   bool bvec;          // B rows 16-byte aligned and ncols == kTileN: float4 loads
 };
 
-template <int NB>
-__device__ __forceinline__ void gemm_load(const GemmArgs<NB>& g, int k0, float4& ra, float4 (&rb)[NB]) {
+template <int NB, typename TA>
+__device__ __forceinline__ void gemm_load(const GemmArgs<NB, TA>& g, int k0, float4& ra, float4 (&rb)[NB]) {
   const int tid = threadIdx.x;
   // A: 64 rows x 16 k = 256 float4, one per thread.
   {
     const int r = tid >> 2, kq = (tid & 3) * 4;
-    ra = r < g.mrows ? ld_cg4(g.a + static_cast<int64_t>(r) * g.lda + k0 + kq) : make_float4(0.f, 0.f, 0.f, 0.f);
+    const TA* src = g.a + static_cast<int64_t>(r) * g.lda + k0 + kq;
+    if (r >= g.mrows) {
+      ra = make_float4(0.f, 0.f, 0.f, 0.f);
+    } else if constexpr (sizeof(TA) == 4) {
+      ra = ld_cg4(reinterpret_cast<const float*>(src));
+    } else {
+      ra = bf16x4_to_float4(__ldcg(reinterpret_cast<const uint2*>(src)));
+    }
   }
   // B: 16 k x 64 n = 256 float4, one per thread.
   const int kr = tid >> 4, nq = (tid & 15) * 4;
@@ -75,8 +85,8 @@ __device__ __forceinline__ void gemm_store(GemmSmem<NB>& s, int st, const float4
 
 // acc[o][i][j]: row ty*4+i, column tx*4+j of B operand o. The caller must
 // __syncthreads() before reusing the shared buffer.
-template <int NB>
-__device__ __forceinline__ void gemm_tile(const GemmArgs<NB>& g, GemmSmem<NB>& s, float (&acc)[NB][4][4]) {
+template <int NB, typename TA>
+__device__ __forceinline__ void gemm_tile(const GemmArgs<NB, TA>& g, GemmSmem<NB>& s, float (&acc)[NB][4][4]) {
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 #pragma unroll
   for (int o = 0; o < NB; ++o)
@@ -86,14 +96,14 @@ __device__ __forceinline__ void gemm_tile(const GemmArgs<NB>& g, GemmSmem<NB>& s
       for (int j = 0; j < 4; ++j) acc[o][i][j] = 0.f;
 
   float4 ra, rb[NB];
-  gemm_load<NB>(g, 0, ra, rb);
+  gemm_load(g, 0, ra, rb);
   gemm_store<NB>(s, 0, ra, rb);
   __syncthreads();
   const int steps = g.K / kTileK;
   for (int step = 0; step < steps; ++step) {
     const int st = step & 1;
     const bool more = step + 1 < steps;
-    if (more) gemm_load<NB>(g, (step + 1) * kTileK, ra, rb);
+    if (more) gemm_load(g, (step + 1) * kTileK, ra, rb);
 #pragma unroll
     for (int kk = 0; kk < kTileK; ++kk) {
       const float4 a = *reinterpret_cast<const float4*>(&s.As[st][kk][ty * 4]);

@@ -4,7 +4,7 @@
 #     include kernels/kernels.mk
 # or on its own
 #     make -f kernels/kernels.mk kernels        # build/moerun.cubin + kernels/moerun.cubin
-#     make -f kernels/kernels.mk kernels-sass   # build/moerun.sass (needs cuobjdump + nvdisasm)
+#     make -f kernels/kernels.mk kernels-sass   # build/moerun.sass (needs cuobjdump + nvdisasm), MMA-loop summary
 #     make -f kernels/kernels.mk kernels-info   # the toolchain it found
 #     make -f kernels/kernels.mk kernels-clean
 #
@@ -82,7 +82,9 @@ kernels-sass: $(KERNEL_CUBIN)
 		PATH=$$(dirname $$NVDISASM):$$PATH $$CUOBJDUMP -sass $(KERNEL_CUBIN) > $(BUILD)/moerun.sass && \
 		PATH=$$(dirname $$NVDISASM):$$PATH $$CUOBJDUMP -res-usage $(KERNEL_CUBIN) > $(BUILD)/moerun.res && \
 		echo "kernels-sass: $(BUILD)/moerun.sass, $(BUILD)/moerun.res; local-memory ops in moerun_moe:" && \
-		awk '/Function : moerun_moe/{f=1;next} /Function :/{f=0} f && /LDL|STL/{n++} END{print n+0}' $(BUILD)/moerun.sass; \
+		awk '/Function : moerun_moe/{f=1;next} /Function :/{f=0} f && /LDL|STL/{n++} END{print n+0}' $(BUILD)/moerun.sass && \
+		echo "tensor-core loops (the GEMM main loops must show 0 local-memory ops):" && \
+		{ python3 $(KERNELS_DIR)/tools/sass_loops.py $(BUILD)/moerun.sass | awk '$$6 < 400' || true; }; \
 	fi
 
 kernels-clean:

@@ -15,7 +15,16 @@
 //      source's last GEMM1 task sends that source its return signal
 //   6  combine: wait for the W return signals, weighted sum per token
 // Nothing of a launch lives on the host: the sequence number is a counter in
-// the heap that the kernel advances itself.
+// the heap that the kernel advances itself (a launch can be captured in a
+// CUDA graph and replayed).
+//
+// Shared memory: a small static part (Shared) and the phase buffer in
+// dynamic shared memory (GEMM stages, epilogue staging, prefix tables):
+// MOE_PHASE_BYTES in tf32/bf16 mode, MOE_SIMT_PHASE_BYTES in fp32 mode, which
+// the host passes at launch; the kernel refuses less.
+//
+// moerun_tile_test, a second entry in the same cubin, runs one tensor-core
+// tile for a host-side check (params.h MoeTileTest).
 #include <nvshmem.h>
 #include <nvshmemx.h>
 
@@ -43,10 +52,11 @@ __device__ inline bool params_ok(const MoeParams& p) {
                       p.gate_ksplit >= 1 && p.gate_ksplit <= MOE_GATE_MAX_SPLIT &&
                       p.hidden % (p.gate_ksplit * kTileK) == 0 &&
                       p.rows_per_source == p.max_tokens * min(p.topk, p.experts_per_rank);
-  const bool modes = p.ffn >= MOE_FFN_RELU && p.ffn <= MOE_FFN_SWIGLU && p.dtype == MOE_DTYPE_FP32 &&
-                     (p.route == MOE_ROUTE_SOFTMAX || p.route == MOE_ROUTE_SKEW);
-  return shapes && modes && blockDim.x == kThreads && moerun_params_size == static_cast<int>(sizeof(MoeParams)) &&
-         moerun_abi_version == MOE_ABI_VERSION;
+  const bool modes = p.ffn >= MOE_FFN_RELU && p.ffn <= MOE_FFN_SWIGLU && p.dtype >= MOE_DTYPE_FP32 &&
+                     p.dtype <= MOE_DTYPE_BF16 && (p.route == MOE_ROUTE_SOFTMAX || p.route == MOE_ROUTE_SKEW);
+  const uint32_t smem = static_cast<uint32_t>(p.dtype == MOE_DTYPE_FP32 ? kSimtPhaseBytes : kPhaseBytes);
+  return shapes && modes && blockDim.x == kThreads && dynamic_smem_bytes() >= smem &&
+         moerun_params_size == static_cast<int>(sizeof(MoeParams)) && moerun_abi_version == MOE_ABI_VERSION;
 }
 
 __device__ inline void reset_launch_state(Ctx& c) {
@@ -113,6 +123,7 @@ __device__ inline bool run(Ctx& c) {
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __grid_constant__ MoeParams p) {
   using namespace moe;
   __shared__ Shared sh;
+  extern __shared__ __align__(128) unsigned char moe_phase[];
   if (!params_ok(p)) {
     if (blockIdx.x == 0 && threadIdx.x == 0 && p.heap_base != 0) {
       record_status(p, 0, MOE_STATUS_BAD_PARAMS, MOE_WAIT_NONE, -1, 0, 0, 0);
@@ -128,7 +139,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
         reinterpret_cast<uint64_t>(nvshmem_ptr(reinterpret_cast<const void*>(p.heap_base), threadIdx.x));
   }
   __syncthreads();
-  Ctx c{p, sh, sh.seq, 0, 0, 0};
+  Ctx c{p, sh, moe_phase, sh.seq, 0, 0, 0};
   for (int pe = 0; pe < p.world; ++pe) {
     if (sh.peer_base[pe] == 0) {  // same answer in every block: all leave here
       if (blockIdx.x == 0 && threadIdx.x == 0) record_status(p, c.seq, MOE_STATUS_NOT_P2P, MOE_WAIT_NONE, pe, 0, 0, 0);
@@ -142,5 +153,54 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
     atomicAdd(reinterpret_cast<unsigned long long*>(&st->busy_ns), c.busy);
     atomicAdd(reinterpret_cast<unsigned long long*>(&st->tasks), c.tasks);
     atomicMax(reinterpret_cast<unsigned long long*>(&st->t_end), globaltimer());
+  }
+}
+
+// Debug entry: one tensor-core tile, raw fp32 accumulators to t.out (see
+// params.h MoeTileTest). One block of MOE_THREADS threads, MOE_PHASE_BYTES of
+// dynamic shared memory. Runs the same tc_gemm_tile / tc_stage /
+// tc_copy_out as the expert tasks.
+namespace moe {
+template <class Mma, int NB>
+__device__ inline void tile_test_run(const MoeTileTest& t, unsigned char* smem) {
+  TcArgs<NB> g;
+  g.a = reinterpret_cast<const void*>(t.a);
+  g.lda = t.k;
+  g.mrows = t.mrows;
+  g.b[0] = reinterpret_cast<const void*>(t.b0);
+  if (NB == 2) g.b[NB - 1] = reinterpret_cast<const void*>(t.b1);
+  g.ldb = t.k;
+  g.ncols = t.ncols;
+  g.K = t.k;
+  float acc[4][4][4];
+  tc_gemm_tile<Mma, NB>(g, smem, acc);
+  float* cs = reinterpret_cast<float*>(smem);
+  tc_stage<NB>(acc, cs, kOpNone, nullptr, t.ncols);
+  __syncthreads();
+  float* out = reinterpret_cast<float*>(t.out);
+  tc_copy_out<float>(cs, kTcTileM, kTcTileN, false, [&](int r) { return out + static_cast<int64_t>(r) * kTcTileN; });
+}
+}  // namespace moe
+
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(const __grid_constant__ MoeTileTest t) {
+  using namespace moe;
+  extern __shared__ __align__(128) unsigned char moe_phase[];
+  const bool ok = blockDim.x == kThreads && gridDim.x == 1 && dynamic_smem_bytes() >= static_cast<uint32_t>(kPhaseBytes) &&
+                  (t.dtype == MOE_DTYPE_TF32 || t.dtype == MOE_DTYPE_BF16) && (t.nb == 1 || t.nb == 2) &&
+                  t.mrows >= 1 && t.mrows <= kTcTileM && t.k > 0 && t.k % 64 == 0 && t.ncols > 0 && t.ncols % 8 == 0 &&
+                  t.ncols <= kTcTileN / t.nb && t.a != 0 && t.b0 != 0 && (t.nb == 1 || t.b1 != 0) && t.out != 0;
+  if (!ok) {
+    if (threadIdx.x == 0 && t.status != 0) *reinterpret_cast<volatile uint32_t*>(t.status) = 2u;
+    return;
+  }
+  if (t.dtype == MOE_DTYPE_BF16) {
+    if (t.nb == 2) tile_test_run<MmaBF16, 2>(t, moe_phase); else tile_test_run<MmaBF16, 1>(t, moe_phase);
+  } else {
+    if (t.nb == 2) tile_test_run<MmaTF32, 2>(t, moe_phase); else tile_test_run<MmaTF32, 1>(t, moe_phase);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0 && t.status != 0) {
+    __threadfence();
+    *reinterpret_cast<volatile uint32_t*>(t.status) = 1u;
   }
 }

@@ -12,17 +12,27 @@ import "unsafe"
 
 // Constants shared with params.h (TestConstantsMatchParamsH compares them).
 const (
-	ABIVersion = 1 // MOE_ABI_VERSION
+	ABIVersion = 2 // MOE_ABI_VERSION
 
-	Threads       = 256  // MOE_THREADS: threads per block
-	TileM         = 64   // MOE_TILE_M: rows (tokens) per GEMM tile
-	TileN         = 64   // MOE_TILE_N: columns per GEMM tile
-	TileK         = 16   // MOE_TILE_K
-	MaxWorld      = 64   // MOE_MAX_WORLD
-	MaxTopK       = 32   // MOE_MAX_TOPK
-	GateMaxSplit  = 4    // MOE_GATE_MAX_SPLIT
-	MaxExperts    = 4096 // MOE_MAX_EXPERTS
-	ShapeMultiple = 64   // MOE_SHAPE_MULTIPLE: H and I must be multiples of it
+	Threads  = 256 // MOE_THREADS: threads per block
+	TileM    = 64  // MOE_TILE_M: rows (tokens) per fp32 GEMM tile; the smallest row tile of any mode
+	TileN    = 64  // MOE_TILE_N: columns per fp32 GEMM tile
+	TileK    = 16  // MOE_TILE_K
+	TCTileM  = 128 // MOE_TC_TILE_M: rows per tensor-core (tf32, bf16) tile
+	TCTileN  = 128 // MOE_TC_TILE_N: B rows (output columns) per tensor-core tile
+	TCKBytes = 128 // MOE_TC_K_BYTES: bytes of K per row and pipeline stage
+	TCStages = 3   // MOE_TC_STAGES: cp.async pipeline stages
+	// PhaseBytes (MOE_PHASE_BYTES) is the dynamic shared memory per block of
+	// a tf32/bf16 launch (and of the tile test), the largest: the grid is
+	// sized with it. SIMTPhaseBytes (MOE_SIMT_PHASE_BYTES): that of an fp32
+	// launch.
+	PhaseBytes     = TCStages*(TCTileM+TCTileN)*TCKBytes + 1024
+	SIMTPhaseBytes = 33792
+	MaxWorld       = 64   // MOE_MAX_WORLD
+	MaxTopK        = 32   // MOE_MAX_TOPK
+	GateMaxSplit   = 4    // MOE_GATE_MAX_SPLIT
+	MaxExperts     = 4096 // MOE_MAX_EXPERTS
+	ShapeMultiple  = 64   // MOE_SHAPE_MULTIPLE: H and I must be multiples of it
 
 	FFNReLU   = 0 // MOE_FFN_RELU
 	FFNGeLU   = 1 // MOE_FFN_GELU
@@ -51,6 +61,7 @@ const (
 // Names of the kernel and of the globals the host reads from the module.
 const (
 	KernelName        = "moerun_moe"
+	TileTestName      = "moerun_tile_test" // debug entry: one tensor-core tile (TileTest)
 	SymABIVersion     = "moerun_abi_version"
 	SymParamsSize     = "moerun_params_size"
 	SymNVSHMEMVersion = "moerun_nvshmem_version" // int[3]: major, minor, patch
@@ -152,12 +163,36 @@ type Sched struct {
 	RetTarget [MaxWorld]int32     `c:"ret_target"`
 }
 
+// TileTest mirrors MoeTileTest, the argument of the debug entry
+// moerun_tile_test (one tensor-core tile against a host reference).
+type TileTest struct {
+	DType  int32  `c:"dtype"`
+	NB     int32  `c:"nb"`
+	MRows  int32  `c:"mrows"`
+	NCols  int32  `c:"ncols"`
+	K      int32  `c:"k"`
+	Pad0   int32  `c:"_pad0"`
+	A      uint64 `c:"a"`
+	B0     uint64 `c:"b0"`
+	B1     uint64 `c:"b1"`
+	Out    uint64 `c:"out"`
+	Status uint64 `c:"status"`
+}
+
+// Bytes is t exactly as the debug entry reads its argument.
+func (t *TileTest) Bytes() []byte {
+	b := make([]byte, TileTestSize)
+	copy(b, unsafe.Slice((*byte)(unsafe.Pointer(t)), TileTestSize))
+	return b
+}
+
 // Sizes of the mirrored structs in bytes.
 const (
-	ParamsSize  = unsafe.Sizeof(Params{})
-	StatusSize  = unsafe.Sizeof(Status{})
-	RowTileSize = unsafe.Sizeof(RowTile{})
-	SchedSize   = unsafe.Sizeof(Sched{})
+	ParamsSize   = unsafe.Sizeof(Params{})
+	StatusSize   = unsafe.Sizeof(Status{})
+	RowTileSize  = unsafe.Sizeof(RowTile{})
+	SchedSize    = unsafe.Sizeof(Sched{})
+	TileTestSize = unsafe.Sizeof(TileTest{})
 )
 
 // Bytes is p exactly as the kernel reads its argument (little-endian, the

@@ -17,14 +17,30 @@
 
 /* Bumped whenever a struct or constant below changes meaning; the kernel
  * exports it (moerun_abi_version) and the host refuses a cubin that differs. */
-#define MOE_ABI_VERSION 1
+#define MOE_ABI_VERSION 2
 
 /* Block shape and tiles. The host needs kThreads (launch), the tile sizes
  * (task counts, row-tile bounds of the heap plan) and the limits. */
 #define MOE_THREADS 256          /* threads per block, every role */
-#define MOE_TILE_M 64            /* rows of a GEMM tile (tokens) */
-#define MOE_TILE_N 64            /* columns of a GEMM tile */
-#define MOE_TILE_K 16            /* K step of the GEMM main loop */
+#define MOE_TILE_M 64            /* fp32 (SIMT) tile: rows (tokens); the smallest row tile */
+#define MOE_TILE_N 64            /* fp32 (SIMT) tile: columns */
+#define MOE_TILE_K 16            /* fp32 (SIMT) tile: K step of the main loop */
+/* Tensor-core tile (tf32, bf16; gemm_tc.cuh): MOE_TC_TILE_M rows x
+ * MOE_TC_TILE_N B rows (output columns of all B operands together),
+ * MOE_TC_K_BYTES bytes of K per row and pipeline stage (32 tf32 or 64 bf16
+ * elements), MOE_TC_STAGES cp.async stages. */
+#define MOE_TC_TILE_M 128
+#define MOE_TC_TILE_N 128
+#define MOE_TC_K_BYTES 128
+#define MOE_TC_STAGES 3
+/* Dynamic shared memory of every block (the phase buffer that GEMM stages,
+ * epilogue staging and prefix tables share). tf32/bf16: the tensor-core
+ * stages plus 1 KB (row slots); the largest, it sizes the grid. fp32: what
+ * the SIMT tiles and the prefix tables (E <= 4096) need, so that fp32 keeps
+ * the L1 it had. The host passes the mode's size at launch; the kernel
+ * refuses less. */
+#define MOE_PHASE_BYTES (MOE_TC_STAGES * (MOE_TC_TILE_M + MOE_TC_TILE_N) * MOE_TC_K_BYTES + 1024)
+#define MOE_SIMT_PHASE_BYTES 33792
 #define MOE_MAX_WORLD 64         /* ranks the kernel's tables can hold */
 #define MOE_MAX_TOPK 32          /* largest k the gate supports */
 #define MOE_GATE_MAX_SPLIT 4     /* largest K split of the gate GEMM */
@@ -36,7 +52,16 @@
 #define MOE_FFN_GELU 1
 #define MOE_FFN_SWIGLU 2
 
-/* Precision modes (config.DType). Only FP32 is implemented so far. */
+/* Precision modes (config.DType).
+ * FP32: fp32 storage, fp32 FMA (SIMT tiles), weights in the [K][N] layout.
+ * TF32: fp32 storage, TF32 tensor cores (mma.sync m16n8k8), fp32 accumulate;
+ *       expert weights transposed ([N][K], K contiguous) and rounded to tf32
+ *       by the host; token rows rounded to tf32 (cvt.rna) by the dispatch,
+ *       the intermediate by the GEMM0 epilogue; returned rows fp32.
+ * BF16: bf16 storage of x, received rows, intermediate, expert weights
+ *       (transposed as for TF32) and returned rows; bf16 tensor cores
+ *       (mma.sync m16n8k16), fp32 accumulate, fp32 gate/softmax/combine.
+ * In every mode gate_w, b1, b2, logits, topk_w and out are fp32. */
 #define MOE_DTYPE_FP32 0
 #define MOE_DTYPE_TF32 1
 #define MOE_DTYPE_BF16 2
@@ -85,29 +110,29 @@ typedef struct MoeParams {
 
     /* symmetric heap: local address of its base, and byte offsets in it */
     uint64_t heap_base;
-    uint64_t off_recv_rows;   /* [W][rows_per_source][H] f32, by source */
+    uint64_t off_recv_rows;   /* [W][rows_per_source][H] storage dtype (f32 / bf16), by source */
     uint64_t off_recv_meta;   /* [W][rows_per_source] i32: return slot t*k+j */
     uint64_t off_recv_counts; /* [W][E/W] i32: rows per (source, local expert) */
-    uint64_t off_ret_rows;    /* [max_tokens*k][H] f32: expert outputs, row t*k+j */
+    uint64_t off_ret_rows;    /* [max_tokens*k][H] f32 (bf16 in BF16 mode): expert outputs, row t*k+j */
     uint64_t off_sig_dispatch;/* [W] u64, by source: launch seq when its rows are in */
     uint64_t off_sig_return;  /* [W] u64, by owner: launch seq when its outputs are in */
     uint64_t off_seq;         /* u64: launches completed on this PE */
     uint64_t off_status;      /* MoeStatus */
 
     /* plain device memory of this rank */
-    uint64_t x;           /* [max_tokens][H] f32 input */
+    uint64_t x;           /* [max_tokens][H] input, storage dtype (f32 / bf16) */
     uint64_t out;         /* [max_tokens][H] f32 output */
     uint64_t logits;      /* [max_tokens][E] f32 */
     uint64_t logits_part; /* [gate_ksplit][max_tokens][E] f32: partial gate sums */
     uint64_t topk_idx;    /* [max_tokens][k] i32 */
     uint64_t topk_w;      /* [max_tokens][k] f32 */
-    uint64_t gate_w;      /* [H][E] f32 */
-    uint64_t w1;          /* [E/W][H][I]: relu/gelu W1, swiglu Wg */
-    uint64_t b1;          /* [E/W][I] (0 for swiglu) */
-    uint64_t w2;          /* [E/W][I][H]: relu/gelu W2, swiglu Wd */
-    uint64_t b2;          /* [E/W][H] (0 for swiglu) */
-    uint64_t wu;          /* [E/W][H][I]: swiglu Wu (0 otherwise) */
-    uint64_t inter;       /* [W*rows_per_source][I] f32: GEMM0 output */
+    uint64_t gate_w;      /* [H][E] f32 (every mode) */
+    uint64_t w1;          /* relu/gelu W1, swiglu Wg: FP32 [E/W][H][I]; TF32/BF16 transposed [E/W][I][H] */
+    uint64_t b1;          /* [E/W][I] f32 (0 for swiglu) */
+    uint64_t w2;          /* relu/gelu W2, swiglu Wd: FP32 [E/W][I][H]; TF32/BF16 transposed [E/W][H][I] */
+    uint64_t b2;          /* [E/W][H] f32 (0 for swiglu) */
+    uint64_t wu;          /* swiglu Wu (0 otherwise): laid out as w1 */
+    uint64_t inter;       /* [W*rows_per_source][I] storage dtype: GEMM0 output */
     uint64_t route_list;  /* [E][max_tokens] i32: kept pairs t*k+j per expert, token order */
     uint64_t route_count; /* [E] i32: kept pairs per expert */
     uint64_t sched;       /* MoeSched */
@@ -138,12 +163,13 @@ typedef struct MoeStatus {
     uint64_t _pad1;
 } MoeStatus;
 
-/* One row tile of received rows: <= MOE_TILE_M rows of one (source, local expert). */
+/* One row tile of received rows: <= MOE_TILE_M (fp32) or MOE_TC_TILE_M
+ * (tf32, bf16) rows of one (source, local expert). */
 typedef struct MoeRowTile {
     int32_t src;   /* source rank */
     int32_t le;    /* local expert */
     int32_t row0;  /* first row inside the source's receive region */
-    int32_t nrows; /* 1..MOE_TILE_M */
+    int32_t nrows; /* 1..rows of the mode's row tile */
 } MoeRowTile;
 
 /* Scheduler state in plain device memory, reset by the kernel every launch. */
@@ -159,5 +185,28 @@ typedef struct MoeSched {
     int32_t ret_done[MOE_MAX_WORLD];       /* GEMM1 tasks done per source */
     int32_t ret_target[MOE_MAX_WORLD];     /* GEMM1 tasks per source */
 } MoeSched;
+
+/* Argument of the debug entry moerun_tile_test: ONE block runs one
+ * tensor-core tile (the same code as the expert GEMMs) of
+ * A [mrows][k] times B^T (rows [ncols][k], K contiguous, the transposed weight
+ * layout) and writes the raw fp32 accumulators to out [MOE_TC_TILE_M][128]
+ * (all 128 rows, zeros where rows or columns are out of range). For nb = 2
+ * (swiglu's paired operands, 64 output columns) columns 0..63 hold A.b0^T,
+ * 64..127 hold A.b1^T. A launch with 256 threads and MOE_PHASE_BYTES of
+ * dynamic shared memory; status = 1 when done, 2 when it refused its
+ * arguments. */
+typedef struct MoeTileTest {
+    int32_t dtype;   /* MOE_DTYPE_TF32 or MOE_DTYPE_BF16 */
+    int32_t nb;      /* 1, or 2 (paired B operands) */
+    int32_t mrows;   /* 1..MOE_TC_TILE_M */
+    int32_t ncols;   /* output columns per operand: nb 1: 64 or 128; nb 2: 64 */
+    int32_t k;       /* multiple of 64 */
+    int32_t _pad0;
+    uint64_t a;      /* [mrows][k] storage dtype */
+    uint64_t b0;     /* [ncols][k] storage dtype */
+    uint64_t b1;     /* [ncols][k] storage dtype (nb 2), else 0 */
+    uint64_t out;    /* [MOE_TC_TILE_M][128] f32 */
+    uint64_t status; /* u32 */
+} MoeTileTest;
 
 #endif /* MOERUN_PARAMS_H */

@@ -12,10 +12,11 @@ import (
 
 // mirrors pairs each C struct of params.h with its Go mirror.
 var mirrors = map[string]reflect.Type{
-	"MoeParams":  reflect.TypeOf(Params{}),
-	"MoeStatus":  reflect.TypeOf(Status{}),
-	"MoeRowTile": reflect.TypeOf(RowTile{}),
-	"MoeSched":   reflect.TypeOf(Sched{}),
+	"MoeParams":   reflect.TypeOf(Params{}),
+	"MoeStatus":   reflect.TypeOf(Status{}),
+	"MoeRowTile":  reflect.TypeOf(RowTile{}),
+	"MoeSched":    reflect.TypeOf(Sched{}),
+	"MoeTileTest": reflect.TypeOf(TileTest{}),
 }
 
 // cFields lists the fields of each struct declared in params.h, in order,
@@ -99,7 +100,9 @@ func TestConstantsMatchParamsH(t *testing.T) {
 	}
 	goConsts := map[string]uint64{
 		"MOE_ABI_VERSION": ABIVersion, "MOE_THREADS": Threads, "MOE_TILE_M": TileM, "MOE_TILE_N": TileN,
-		"MOE_TILE_K": TileK, "MOE_MAX_WORLD": MaxWorld, "MOE_MAX_TOPK": MaxTopK,
+		"MOE_TILE_K":    TileK,
+		"MOE_TC_TILE_M": TCTileM, "MOE_TC_TILE_N": TCTileN, "MOE_TC_K_BYTES": TCKBytes, "MOE_TC_STAGES": TCStages,
+		"MOE_PHASE_BYTES": PhaseBytes, "MOE_SIMT_PHASE_BYTES": SIMTPhaseBytes, "MOE_MAX_WORLD": MaxWorld, "MOE_MAX_TOPK": MaxTopK,
 		"MOE_GATE_MAX_SPLIT": GateMaxSplit, "MOE_MAX_EXPERTS": MaxExperts, "MOE_SHAPE_MULTIPLE": ShapeMultiple,
 		"MOE_FFN_RELU": FFNReLU, "MOE_FFN_GELU": FFNGeLU, "MOE_FFN_SWIGLU": FFNSwiGLU,
 		"MOE_DTYPE_FP32": DTypeFP32, "MOE_DTYPE_TF32": DTypeTF32, "MOE_DTYPE_BF16": DTypeBF16,

@@ -8,6 +8,12 @@
 // The symmetric part is allocated with one nvshmem_malloc of SymTotal (every
 // rank the same size), each region at base + Off; the local part with one
 // cuMemAlloc of LocalTotal.
+//
+// Element sizes follow the precision mode (kernels/params.h): tokens, received
+// rows, the intermediate and the expert weights are stored in ElemSize bytes
+// (4: fp32, tf32; 2: bf16), returned rows in RetElemSize (4, or 2 in bf16);
+// out, logits, combine weights, the gate weights and the biases are float32
+// in every mode.
 package symheap
 
 import (
@@ -43,19 +49,22 @@ type Layout struct {
 	TopK           int
 	ExpertsPerRank int
 	FFN            config.FFN
+	DType          config.DType
 	// RowsPerSource is MaxTokens*min(k, E/W): the most rows one source can
 	// send to one owner (a token reaches an owner at most min(k, E/W) times).
 	RowsPerSource int
 	// MaxRowTiles bounds the row tiles (<= TileM rows of one (source, local
-	// expert)) an owner can receive in one forward: W*(ceil(RPS/TileM) + E/W).
+	// expert); TileM is the smallest row tile of any mode) an owner can
+	// receive in one forward: W*(ceil(RPS/TileM) + E/W).
 	MaxRowTiles int
-	ElemSize    uint64 // bytes of a stored element (4: fp32)
+	ElemSize    uint64 // bytes of a stored token / weight / intermediate element (4; 2 in bf16)
+	RetElemSize uint64 // bytes of a returned-row element (4; 2 in bf16)
 
 	// Symmetric heap (same offsets on every rank).
-	RecvRows    Region // [W][RPS][H] f32, by source
+	RecvRows    Region // [W][RPS][H] ElemSize, by source
 	RecvMeta    Region // [W][RPS] i32, return slot t*k+j per received row
 	RecvCounts  Region // [W][E/W] i32, rows per (source, local expert)
-	RetRows     Region // [MaxTokens*k][H] f32, expert outputs, row t*k+j
+	RetRows     Region // [MaxTokens*k][H] RetElemSize, expert outputs, row t*k+j
 	SigDispatch Region // [W] u64, by source
 	SigReturn   Region // [W] u64, by owner
 	Seq         Region // u64, launches completed
@@ -63,7 +72,7 @@ type Layout struct {
 	SymTotal    uint64
 
 	// Local device memory (one cuMemAlloc).
-	X          Region // [MaxTokens][H] f32
+	X          Region // [MaxTokens][H] ElemSize
 	Out        Region // [MaxTokens][H] f32
 	Logits     Region // [MaxTokens][E] f32
 	LogitsPart Region // [GateMaxSplit][MaxTokens][E] f32
@@ -71,17 +80,17 @@ type Layout struct {
 	TopKW      Region // [MaxTokens][k] f32
 	RouteList  Region // [E][MaxTokens] i32
 	RouteCount Region // [E] i32
-	Inter      Region // [W*RPS][I] f32, GEMM0 output
+	Inter      Region // [W*RPS][I] ElemSize, GEMM0 output
 	Sched      Region // MoeSched
 	RTDesc     Region // [MaxRowTiles] MoeRowTile
 	TileDone   Region // [MaxRowTiles] u32
 	G1List     Region // [MaxRowTiles] u32
 	GateW      Region // [H][E] f32
-	W1         Region // [E/W][H][I]: relu/gelu W1, swiglu Wg
-	B1         Region // [E/W][I] (relu/gelu only)
-	W2         Region // [E/W][I][H]
-	B2         Region // [E/W][H] (relu/gelu only)
-	Wu         Region // [E/W][H][I] (swiglu only)
+	W1         Region // ElemSize; relu/gelu W1, swiglu Wg: fp32 [E/W][H][I], tf32/bf16 transposed [E/W][I][H]
+	B1         Region // [E/W][I] f32 (relu/gelu only)
+	W2         Region // ElemSize; fp32 [E/W][I][H], tf32/bf16 transposed [E/W][H][I]
+	B2         Region // [E/W][H] f32 (relu/gelu only)
+	Wu         Region // swiglu only; laid out as W1
 	LocalTotal uint64
 }
 
@@ -108,9 +117,6 @@ func Check(cfg config.Layer, world int) error {
 	if cfg.Experts > kernels.MaxExperts {
 		bad("experts %d: the GPU kernel supports at most %d", cfg.Experts, kernels.MaxExperts)
 	}
-	if cfg.DType != config.FP32 {
-		bad("dtype %s: the GPU kernel implements fp32 only so far (tf32 and bf16 tiles are not written yet)", cfg.DType)
-	}
 	// Row indices (t*k+j, source*RPS+row) are int32 in the kernel.
 	if rows := int64(world) * int64(cfg.MaxTokens) * int64(min(cfg.TopK, max(1, cfg.Experts/max(world, 1)))); rows > math.MaxInt32 {
 		bad("max-tokens %d: %d receive rows per rank overflow the kernel's 32-bit row indices", cfg.MaxTokens, rows)
@@ -127,7 +133,8 @@ func Plan(cfg config.Layer, world int) (Layout, error) {
 	el := cfg.Experts / world
 	p := Layout{
 		World: world, MaxTokens: cfg.MaxTokens, Hidden: cfg.Hidden, FFNHidden: cfg.FFNHidden,
-		Experts: cfg.Experts, TopK: cfg.TopK, ExpertsPerRank: el, FFN: cfg.FFN, ElemSize: 4,
+		Experts: cfg.Experts, TopK: cfg.TopK, ExpertsPerRank: el, FFN: cfg.FFN, DType: cfg.DType,
+		ElemSize: ElemSize(cfg.DType), RetElemSize: ElemSize(cfg.DType),
 	}
 	p.RowsPerSource = cfg.MaxTokens * min(cfg.TopK, el)
 	p.MaxRowTiles = world * (ceilDiv(p.RowsPerSource, kernels.TileM) + el)
@@ -139,7 +146,7 @@ func Plan(cfg config.Layer, world int) (Layout, error) {
 	p.RecvRows = sym.add("recv_rows", w*rps*h*es)
 	p.RecvMeta = sym.add("recv_meta", w*rps*4)
 	p.RecvCounts = sym.add("recv_counts", w*lel*4)
-	p.RetRows = sym.add("ret_rows", t*k*h*es)
+	p.RetRows = sym.add("ret_rows", t*k*h*p.RetElemSize)
 	p.SigDispatch = sym.add("sig_dispatch", w*8)
 	p.SigReturn = sym.add("sig_return", w*8)
 	p.Seq = sym.add("seq", 8)
@@ -148,29 +155,37 @@ func Plan(cfg config.Layer, world int) (Layout, error) {
 
 	var loc arena
 	p.X = loc.add("x", t*h*es)
-	p.Out = loc.add("out", t*h*es)
+	p.Out = loc.add("out", t*h*4)
 	p.Logits = loc.add("logits", t*e*4)
 	p.LogitsPart = loc.add("logits_part", kernels.GateMaxSplit*t*e*4)
 	p.TopKIdx = loc.add("topk_idx", t*k*4)
 	p.TopKW = loc.add("topk_w", t*k*4)
 	p.RouteList = loc.add("route_list", e*t*4)
 	p.RouteCount = loc.add("route_count", e*4)
-	p.Inter = loc.add("inter", w*rps*i*4)
+	p.Inter = loc.add("inter", w*rps*i*es)
 	p.Sched = loc.add("sched", uint64(kernels.SchedSize))
 	p.RTDesc = loc.add("rt_desc", u(p.MaxRowTiles)*uint64(kernels.RowTileSize))
 	p.TileDone = loc.add("tile_done", u(p.MaxRowTiles)*4)
 	p.G1List = loc.add("g1_list", u(p.MaxRowTiles)*4)
-	p.GateW = loc.add("gate_w", h*e*es)
+	p.GateW = loc.add("gate_w", h*e*4)
 	p.W1 = loc.add("w1", lel*h*i*es)
 	p.W2 = loc.add("w2", lel*i*h*es)
 	if cfg.FFN == config.FFNSwiGLU {
 		p.Wu = loc.add("wu", lel*h*i*es)
 	} else {
-		p.B1 = loc.add("b1", lel*i*es)
-		p.B2 = loc.add("b2", lel*h*es)
+		p.B1 = loc.add("b1", lel*i*4)
+		p.B2 = loc.add("b2", lel*h*4)
 	}
 	p.LocalTotal = loc.total()
 	return p, nil
+}
+
+// ElemSize is the bytes of a stored token / weight element of dtype d.
+func ElemSize(d config.DType) uint64 {
+	if d == config.BF16 {
+		return 2
+	}
+	return 4
 }
 
 // SymRegions lists the symmetric regions in address order.

@@ -96,6 +96,45 @@ func TestPlanSwiGLUAndSmallExpertsPerRank(t *testing.T) {
 	checkArena(t, "local", p.LocalRegions(), p.LocalTotal)
 }
 
+func TestPlanDTypes(t *testing.T) {
+	// The paper's shape on 4 ranks in each mode: rows, intermediate and
+	// expert weights in the storage dtype; out, gate, biases fp32.
+	for _, tc := range []struct {
+		d      config.DType
+		es, rs uint64
+	}{{config.FP32, 4, 4}, {config.TF32, 4, 4}, {config.BF16, 2, 2}} {
+		c := layer(8192, 2048, 2048, 32, 2, config.FFNReLU)
+		c.DType = tc.d
+		p, err := Plan(c, 4)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.d, err)
+		}
+		if p.ElemSize != tc.es || p.RetElemSize != tc.rs || p.DType != tc.d {
+			t.Errorf("%s: elem %d ret %d", tc.d, p.ElemSize, p.RetElemSize)
+		}
+		if want := uint64(4*8192*2*2048) * tc.es; p.RecvRows.Size != want {
+			t.Errorf("%s: recv rows %d, want %d", tc.d, p.RecvRows.Size, want)
+		}
+		if want := uint64(8192*2*2048) * tc.rs; p.RetRows.Size != want {
+			t.Errorf("%s: return rows %d, want %d", tc.d, p.RetRows.Size, want)
+		}
+		if want := uint64(8192*2048) * tc.es; p.X.Size != want {
+			t.Errorf("%s: x %d, want %d", tc.d, p.X.Size, want)
+		}
+		if want := uint64(4*8192*2*2048) * tc.es; p.Inter.Size != want {
+			t.Errorf("%s: inter %d, want %d", tc.d, p.Inter.Size, want)
+		}
+		if want := uint64(8*2048*2048) * tc.es; p.W1.Size != want || p.W2.Size != want {
+			t.Errorf("%s: W1 %d W2 %d, want %d", tc.d, p.W1.Size, p.W2.Size, want)
+		}
+		if p.Out.Size != 8192*2048*4 || p.GateW.Size != 2048*32*4 || p.B1.Size != 8*2048*4 || p.B2.Size != 8*2048*4 {
+			t.Errorf("%s: out %d gate %d b1 %d b2 %d: float32 in every mode", tc.d, p.Out.Size, p.GateW.Size, p.B1.Size, p.B2.Size)
+		}
+		checkArena(t, string(tc.d)+" symmetric", p.SymRegions(), p.SymTotal)
+		checkArena(t, string(tc.d)+" local", p.LocalRegions(), p.LocalTotal)
+	}
+}
+
 func TestPlanZeroTokens(t *testing.T) {
 	c := layer(0, 64, 64, 4, 1, config.FFNGeLU)
 	p, err := Plan(c, 2)
@@ -141,7 +180,6 @@ func TestPlanRefusals(t *testing.T) {
 	}{
 		{"hidden", func(c *config.Layer) { c.Hidden = 100 }, 2, "multiple of 64"},
 		{"ffn hidden", func(c *config.Layer) { c.FFNHidden = 96 }, 2, "ffn-hidden 96"},
-		{"dtype", func(c *config.Layer) { c.DType = config.BF16 }, 2, "fp32 only"},
 		{"topk", func(c *config.Layer) { c.Experts = 64; c.TopK = 33 }, 2, "at most 32"},
 		{"world", func(c *config.Layer) { c.Experts = 128 }, 128, "at most 64 ranks"},
 		{"experts not divisible", func(c *config.Layer) { c.Experts = 6 }, 4, "multiple of the number of ranks"},

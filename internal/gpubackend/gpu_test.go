@@ -55,6 +55,18 @@ type ref struct {
 	logits []float64 // [T, E]
 }
 
+// tolerances of a precision mode (DESIGN.md 1.5): relative output error and
+// the routing tie gap.
+func tolerances(d config.DType) (relTol, gap float64) {
+	switch d {
+	case config.TF32:
+		return 5e-3, 1e-3
+	case config.BF16:
+		return 2e-2, 1e-2
+	}
+	return 1e-5, 1e-5
+}
+
 func reference(t *testing.T, c config.Layer, x []float32, ids []int32) ref {
 	t.Helper()
 	T, H, I, E, k := c.Tokens, c.Hidden, c.FFNHidden, c.Experts, c.TopK
@@ -100,7 +112,7 @@ func reference(t *testing.T, c config.Layer, x []float32, ids []int32) ref {
 					t.Fatalf("token %d: skew ids %v, want 0..k-1", tok, mine)
 				}
 			}
-		} else if k < E && prob[order[k-1]]-prob[order[k]] > 1e-5 {
+		} else if _, gap := tolerances(c.DType); k < E && prob[order[k-1]]-prob[order[k]] > gap {
 			want := map[int]bool{}
 			for _, e := range order[:k] {
 				want[e] = true
@@ -187,8 +199,10 @@ func relErr(got []float32, want []float64) float64 {
 	return math.Sqrt(num / den)
 }
 
-// TestForwardOneRank runs forwards of small configurations on one GPU (world
-// 1) and compares them with a float64 computation; then checks the watchdog.
+// TestForwardOneRank runs the tensor-core tile alone against a host
+// reference (precise messages for a wrong tile), then forwards of small
+// configurations on one GPU (world 1) in every precision mode, compared with
+// a float64 computation; then graph replay; then the watchdog.
 func TestForwardOneRank(t *testing.T) {
 	needHopper(t)
 	runtime.LockOSThread()
@@ -206,8 +220,31 @@ func TestForwardOneRank(t *testing.T) {
 		}
 	}()
 	k := b.Kernel()
-	t.Logf("kernel: %d registers, %d B local, %d B smem, %d blocks/SM x %d SMs = grid %d",
-		k.Registers, k.LocalBytes, k.StaticSmem, k.BlocksPerSM, k.SMs, k.Grid)
+	t.Logf("kernel: %d registers, %d B local, %d B smem + %d B dynamic, %d blocks/SM x %d SMs = grid %d",
+		k.Registers, k.LocalBytes, k.StaticSmem, k.DynamicSmem, k.BlocksPerSM, k.SMs, k.Grid)
+
+	// The tile alone: every fragment, swizzle and predicate, with a message
+	// that names the first wrong element.
+	t.Run("tile", func(t *testing.T) {
+		seed := uint64(1)
+		for _, d := range []config.DType{config.TF32, config.BF16} {
+			for _, tc := range []TileCase{
+				{NB: 1, MRows: 128, NCols: 128, K: 64}, {NB: 1, MRows: 128, NCols: 128, K: 512},
+				{NB: 1, MRows: 77, NCols: 128, K: 192}, {NB: 1, MRows: 1, NCols: 64, K: 256},
+				{NB: 1, MRows: 128, NCols: 8, K: 128}, {NB: 2, MRows: 128, NCols: 64, K: 128},
+				{NB: 2, MRows: 33, NCols: 64, K: 320}, {NB: 2, MRows: 128, NCols: 16, K: 64},
+			} {
+				tc.DType, tc.Seed = d, seed
+				seed++
+				r, err := b.TileCheck(tc)
+				if err != nil {
+					t.Error(err)
+					continue
+				}
+				t.Logf("tile %s: max rel. error %.2g over %d elements, %d zero pads, %v", tc, r.MaxErr, r.Checked, r.ZeroPads, r.Elapsed)
+			}
+		}
+	})
 
 	base := config.Default()
 	base.MaxTokens, base.Hidden, base.FFNHidden, base.Experts, base.TopK = 200, 128, 192, 8, 2
@@ -225,58 +262,68 @@ func TestForwardOneRank(t *testing.T) {
 		{"gelu", func(c *config.Layer) { c.Tokens = 77; c.FFN = config.FFNGeLU }},
 		{"swiglu k=3", func(c *config.Layer) { c.Tokens = 90; c.FFN = config.FFNSwiGLU; c.TopK = 3 }},
 		{"relu E=64 k=4 H=256", func(c *config.Layer) { c.Tokens = 130; c.Experts = 64; c.TopK = 4; c.Hidden = 256 }},
+		// Row tiles of 128 full and partial (200 rows per expert), GEMM1 column
+		// tiles partial (H = 192: 128 + 64), swiglu with > 128 rows.
+		{"relu E=2 k=2 T=200", func(c *config.Layer) { c.Tokens = 200; c.Experts = 2 }},
+		{"relu H=192 I=320", func(c *config.Layer) { c.Tokens = 150; c.Hidden = 192; c.FFNHidden = 320 }},
+		{"swiglu E=2 k=2 T=200 I=256", func(c *config.Layer) {
+			c.Tokens = 200
+			c.Experts = 2
+			c.FFN = config.FFNSwiGLU
+			c.FFNHidden = 256
+		}},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			c := base
-			tc.mod(&c)
-			if err := b.Prepare(c); err != nil {
-				t.Fatal(err)
-			}
-			x := datagen.Tokens(c, 0, c.Tokens)
-			tm, err := b.Forward(c, x)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := b.Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := reference(t, c, x, res.TopKIdx)
-			for i, v := range res.Out {
-				if v != v {
-					t.Fatalf("out[%d] is NaN (row %d never written?)", i, i/c.Hidden)
-				}
-			}
-			if e := relErr(res.Out, r.out); e > 1e-5 || math.IsNaN(e) {
-				t.Errorf("relative error %.3g > 1e-5", e)
-			}
-			for i, w := range r.w {
-				if (w == 0) != (res.TopKW[i] == 0) || math.Abs(float64(res.TopKW[i])-w) > 1e-5*math.Max(1, math.Abs(w)) {
-					t.Fatalf("topk_w[%d] = %g, reference %g", i, res.TopKW[i], w)
-				}
-			}
-			for i, l := range r.logits {
-				if math.Abs(float64(res.Logits[i])-l) > 1e-4*math.Max(1, math.Abs(l)) {
-					t.Fatalf("logits[%d] = %g, reference %g", i, res.Logits[i], l)
-				}
-			}
-			// Deterministic: a second forward is bitwise equal.
-			if _, err := b.Forward(c, x); err != nil {
-				t.Fatal(err)
-			}
-			again, err := b.Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i := range res.Out {
-				if math.Float32bits(res.Out[i]) != math.Float32bits(again.Out[i]) {
-					t.Fatalf("second forward differs at %d: %g vs %g", i, res.Out[i], again.Out[i])
-				}
-			}
-			t.Logf("%v, SM util %.2f, %d bytes put", tm.Elapsed, tm.SMUtil, tm.BytesPut)
-		})
+	for _, dt := range []config.DType{config.FP32, config.TF32, config.BF16} {
+		for _, tc := range cases {
+			t.Run(string(dt)+" "+tc.name, func(t *testing.T) {
+				c := base
+				c.DType = dt
+				tc.mod(&c)
+				forwardCase(t, b, c)
+			})
+		}
 	}
+
+	// Graph replay: the same outputs, bitwise, as a plain launch; a second
+	// replay; another T (another graph).
+	t.Run("graph", func(t *testing.T) {
+		defer func() { b.opt.Graph = false }()
+		for _, dt := range []config.DType{config.FP32, config.BF16} {
+			for _, T := range []int{150, 37} {
+				c := base
+				c.DType, c.Tokens = dt, T
+				if err := b.Prepare(c); err != nil {
+					t.Fatal(err)
+				}
+				x := datagen.Tokens(c, 0, c.Tokens)
+				b.opt.Graph = false
+				if _, err := b.Forward(c, x); err != nil {
+					t.Fatal(err)
+				}
+				plain, err := b.Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				b.opt.Graph = true
+				for rep := 0; rep < 2; rep++ {
+					tm, err := b.Forward(c, x)
+					if err != nil {
+						t.Fatalf("%s T=%d graph forward %d: %v", dt, T, rep, err)
+					}
+					g, err := b.Result()
+					if err != nil {
+						t.Fatal(err)
+					}
+					for i := range plain.Out {
+						if math.Float32bits(plain.Out[i]) != math.Float32bits(g.Out[i]) {
+							t.Fatalf("%s T=%d graph forward %d differs at %d: %g vs %g", dt, T, rep, i, g.Out[i], plain.Out[i])
+						}
+					}
+					t.Logf("%s T=%d graph forward %d: %v (%d graphs)", dt, T, rep, tm.Elapsed, len(b.graphs))
+				}
+			}
+		}
+	})
 
 	// Last: the watchdog. Rank 0 withholds its dispatch signal to rank
 	// (0+1)%1 = itself; the kernel must end with the watchdog's message well
@@ -305,4 +352,60 @@ func TestForwardOneRank(t *testing.T) {
 		}
 		t.Logf("%v after %v", err, el)
 	})
+}
+
+// forwardCase runs one forward of c on b, checks it against the float64
+// reference with the mode's tolerance, and checks that a second forward is
+// bitwise equal.
+func forwardCase(t *testing.T, b *Backend, c config.Layer) {
+	t.Helper()
+	if err := b.Prepare(c); err != nil {
+		t.Fatal(err)
+	}
+	x := datagen.Tokens(c, 0, c.Tokens)
+	tm, err := b.Forward(c, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := reference(t, c, x, res.TopKIdx)
+	for i, v := range res.Out {
+		if v != v {
+			t.Fatalf("out[%d] is NaN (row %d never written?)", i, i/c.Hidden)
+		}
+	}
+	tol, _ := tolerances(c.DType)
+	e := relErr(res.Out, r.out)
+	if e > tol || math.IsNaN(e) {
+		t.Errorf("relative error %.3g > %g", e, tol)
+	}
+	// The gate is fp32 in every mode (on the same, possibly bf16-rounded,
+	// inputs as the reference): weights and logits to fp32 accuracy.
+	for i, w := range r.w {
+		if (w == 0) != (res.TopKW[i] == 0) || math.Abs(float64(res.TopKW[i])-w) > 1e-5*math.Max(1, math.Abs(w)) {
+			t.Fatalf("topk_w[%d] = %g, reference %g", i, res.TopKW[i], w)
+		}
+	}
+	for i, l := range r.logits {
+		if math.Abs(float64(res.Logits[i])-l) > 1e-4*math.Max(1, math.Abs(l)) {
+			t.Fatalf("logits[%d] = %g, reference %g", i, res.Logits[i], l)
+		}
+	}
+	// Deterministic: a second forward is bitwise equal.
+	if _, err := b.Forward(c, x); err != nil {
+		t.Fatal(err)
+	}
+	again, err := b.Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range res.Out {
+		if math.Float32bits(res.Out[i]) != math.Float32bits(again.Out[i]) {
+			t.Fatalf("second forward differs at %d: %g vs %g", i, res.Out[i], again.Out[i])
+		}
+	}
+	t.Logf("%s: rel. error %.3g, %v, SM util %.2f, %d bytes put", c.DType, e, tm.Elapsed, tm.SMUtil, tm.BytesPut)
 }

@@ -6,6 +6,12 @@
 // Threading: CUDA contexts and NVSHMEM belong to the calling OS thread. Call
 // Open and every method from one goroutine locked to its thread
 // (runtime.LockOSThread; cmd/moerun locks the main goroutine in init).
+//
+// Precision modes (config.DType): fp32 runs the kernel's SIMT tiles; tf32 and
+// bf16 its tensor-core tiles, for which Prepare uploads the expert weights
+// transposed (K contiguous) and rounded to the mode (convert.go), and Forward
+// uploads bf16 tokens in bf16 mode. Outputs, logits and combine weights are
+// float32 in every mode.
 package gpubackend
 
 import (
@@ -48,7 +54,16 @@ type Options struct {
 	// NVSHMEM starts: the largest symheap.Plan(cfg, world).SymTotal of the
 	// configs to run. 0 keeps NVSHMEM's default (1 GiB).
 	HeapBytes uint64
-	Log       zerolog.Logger
+	// Graph replays each forward as a CUDA graph: the kernel launch of a
+	// (config, T) (exactly: of a kernel argument) is captured once into a
+	// graph, then every forward with the same argument launches the graph.
+	// The token upload and the output poisoning stay ordinary stream work
+	// before it (outside the timed interval, as without graphs). The kernel
+	// keeps no per-launch host state (its sequence numbers live on the
+	// device), so a replay is a normal forward. Graphs are dropped when
+	// Prepare reallocates and at Close.
+	Graph bool
+	Log   zerolog.Logger
 }
 
 // KernelInfo describes the loaded kernel and its launch geometry.
@@ -56,6 +71,7 @@ type KernelInfo struct {
 	Registers   int    // per thread
 	LocalBytes  int    // local memory per thread (stack; spills would show here)
 	StaticSmem  int    // bytes per block
+	DynamicSmem int    // bytes per block of a tf32/bf16 launch (kernels.PhaseBytes; fp32: SIMTPhaseBytes); sizes the grid
 	Threads     int    // per block
 	BlocksPerSM int    // occupancy API
 	SMs         int    // multiprocessors of the device
@@ -87,6 +103,7 @@ type Backend struct {
 	modLoaded  bool
 	modShmem   bool
 	fn         cuda.Function
+	tileFn     cuda.Function // debug entry moerun_tile_test (TileCheck)
 	info       KernelInfo
 	stream     cuda.Stream
 	haveStream bool
@@ -101,7 +118,9 @@ type Backend struct {
 	sym      cuda.DevicePtr // symmetric heap block (nvshmem_malloc)
 	local    cuda.DevicePtr // local block (cuMemAlloc)
 
-	last     config.Layer // the last forward's config
+	xbuf     []uint16                  // bf16 tokens of the current forward (bf16 mode)
+	graphs   map[string]cuda.GraphExec // Options.Graph: captured forwards by kernel argument
+	last     config.Layer              // the last forward's config
 	haveLast bool
 	launches uint64
 	broken   error // sticky: set by a watchdog trip or a hang; refuses further forwards
@@ -148,9 +167,10 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 		return nil, err
 	}
 	b.log.Info().Str("gpu", b.card).Int("device", b.ordinal).Int("registers", b.info.Registers).
-		Int("local_bytes", b.info.LocalBytes).Int("smem", b.info.StaticSmem).Int("blocks_per_sm", b.info.BlocksPerSM).
+		Int("local_bytes", b.info.LocalBytes).Int("smem", b.info.StaticSmem).Int("dynamic_smem", b.info.DynamicSmem).
+		Int("blocks_per_sm", b.info.BlocksPerSM).
 		Int("sms", b.info.SMs).Int("grid", b.info.Grid).Str("cubin", b.info.CubinFrom).
-		Str("nvshmem", b.info.NVSHMEM).Dur("watchdog", opt.Watchdog).Msg("gpu backend open")
+		Str("nvshmem", b.info.NVSHMEM).Dur("watchdog", opt.Watchdog).Bool("graph", opt.Graph).Msg("gpu backend open")
 	return b, nil
 }
 
@@ -279,6 +299,21 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 	if b.fn, err = d.ModuleGetFunction(mod, kernels.KernelName); err != nil {
 		return err
 	}
+	if b.tileFn, err = d.ModuleGetFunction(mod, kernels.TileTestName); err != nil {
+		return err
+	}
+	// Every block takes PhaseBytes of dynamic shared memory (above the 48 KB
+	// that needs no opt-in).
+	if optin, err := d.Attribute(b.dev, cuda.AttrMaxSharedMemoryPerBlockOptin); err != nil {
+		return err
+	} else if optin < kernels.PhaseBytes {
+		return fmt.Errorf("GPU %d (%s) allows %d bytes of shared memory per block; the kernel needs %d", b.ordinal, b.card, optin, kernels.PhaseBytes)
+	}
+	for _, f := range []cuda.Function{b.fn, b.tileFn} {
+		if err := d.FuncSetAttribute(f, cuda.FuncMaxDynamicSharedSizeBytes, kernels.PhaseBytes); err != nil {
+			return fmt.Errorf("allow %d bytes of dynamic shared memory: %w", kernels.PhaseBytes, err)
+		}
+	}
 	// The module's own globals must say what the image said.
 	var abi [2]int32
 	if p, _, err := d.ModuleGetGlobal(mod, kernels.SymABIVersion); err != nil {
@@ -300,7 +335,8 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 		return err
 	}
 	info.Threads = kernels.Threads
-	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(b.fn, kernels.Threads, 0); err != nil {
+	info.DynamicSmem = kernels.PhaseBytes
+	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(b.fn, kernels.Threads, kernels.PhaseBytes); err != nil {
 		return err
 	}
 	if info.SMs, err = d.Attribute(b.dev, cuda.AttrMultiprocessorCount); err != nil {
@@ -465,38 +501,70 @@ func parseSize(s string) (uint64, error) {
 	return uint64(math.Ceil(f * mult)), nil
 }
 
-// upload generates and copies the gate and this rank's experts.
+// upload generates and copies the gate and this rank's experts, in the
+// layout and storage of the mode (convert.go): fp32 as generated; tf32 and
+// bf16 with W1, Wu [H][I] and W2 [I][H] transposed (K contiguous) and
+// rounded to tf32 or converted to bf16. Gate and biases: float32.
 func (b *Backend) upload(cfg config.Layer, lay symheap.Layout) error {
 	d, base := b.drv, uint64(b.local)
 	if err := d.MemcpyHtoD(cuda.DevicePtr(symheap.Addr(base, lay.GateW)), datagen.Gate(cfg)); err != nil {
 		return fmt.Errorf("upload gate: %w", err)
 	}
-	h, i := uint64(cfg.Hidden), uint64(cfg.FFNHidden)
+	h, i := cfg.Hidden, cfg.FFNHidden
+	es := uint64(storageBytes(cfg.DType))
 	for le := 0; le < lay.ExpertsPerRank; le++ {
 		e := b.rank*lay.ExpertsPerRank + le
 		ex := datagen.ExpertWeights(cfg, e)
 		l := uint64(le)
 		parts := []struct {
-			r    symheap.Region
-			each uint64
-			data []float32
+			r          symheap.Region
+			rows, cols int // of the matrix as datagen makes it ([K][N]); rows 1 for a bias
+			data       []float32
+			matrix     bool
 		}{
-			{lay.W1, h * i, ex.W1}, {lay.W2, i * h, ex.W2}, {lay.Wu, h * i, ex.Wu}, {lay.B1, i, ex.B1}, {lay.B2, h, ex.B2},
+			{lay.W1, h, i, ex.W1, true}, {lay.W2, i, h, ex.W2, true}, {lay.Wu, h, i, ex.Wu, true},
+			{lay.B1, 1, i, ex.B1, false}, {lay.B2, 1, h, ex.B2, false},
 		}
 		for _, p := range parts {
 			if p.r.Name == "" {
 				continue
 			}
-			if uint64(len(p.data)) != p.each {
-				return fmt.Errorf("expert %d %s: %d values, want %d", e, p.r.Name, len(p.data), p.each)
+			each := uint64(p.rows * p.cols)
+			if uint64(len(p.data)) != each {
+				return fmt.Errorf("expert %d %s: %d values, want %d", e, p.r.Name, len(p.data), each)
 			}
-			dst := symheap.Addr(base, p.r) + l*p.each*4
-			if err := d.MemcpyHtoD(cuda.DevicePtr(dst), p.data); err != nil {
+			var host any = p.data
+			elem := uint64(4)
+			if p.matrix && tensorCore(cfg.DType) {
+				elem = es
+				switch cfg.DType {
+				case config.TF32:
+					host = transposeTF32(p.data, p.rows, p.cols)
+				case config.BF16:
+					host = transposeBF16(p.data, p.rows, p.cols)
+				}
+			}
+			dst := symheap.Addr(base, p.r) + l*each*elem
+			if dst+each*elem > symheap.Addr(base, p.r)+p.r.Size {
+				return fmt.Errorf("expert %d %s: %d bytes at %d overrun the region of %d", e, p.r.Name, each*elem, l*each*elem, p.r.Size)
+			}
+			if err := d.MemcpyHtoD(cuda.DevicePtr(dst), host); err != nil {
 				return fmt.Errorf("upload expert %d %s: %w", e, p.r.Name, err)
 			}
 		}
 	}
 	return nil
+}
+
+// dtypeCode is the kernel's MOE_DTYPE_* of d.
+func dtypeCode(d config.DType) int32 {
+	switch d {
+	case config.TF32:
+		return kernels.DTypeTF32
+	case config.BF16:
+		return kernels.DTypeBF16
+	}
+	return kernels.DTypeFP32
 }
 
 // params fills the kernel's argument for a forward of cfg.
@@ -507,7 +575,7 @@ func (b *Backend) params(cfg config.Layer) kernels.Params {
 		Tokens: int32(t), MaxTokens: int32(lay.MaxTokens), Hidden: int32(lay.Hidden), FFNHidden: int32(lay.FFNHidden),
 		Experts: int32(lay.Experts), TopK: int32(lay.TopK), World: int32(b.world), Rank: int32(b.rank),
 		ExpertsPerRank: int32(lay.ExpertsPerRank), RowsPerSource: int32(lay.RowsPerSource),
-		Capacity: int32(cfg.Capacity(t)), FFN: ffnCode(cfg.FFN), DType: kernels.DTypeFP32, Route: kernels.RouteSoftmax,
+		Capacity: int32(cfg.Capacity(t)), FFN: ffnCode(cfg.FFN), DType: dtypeCode(cfg.DType), Route: kernels.RouteSoftmax,
 		GateKSplit: int32(gateSplit(t, lay.Experts, lay.Hidden, b.info.Grid)), DebugWithholdPeer: int32(b.opt.DebugWithholdPeer),
 		MaxRowTiles: int32(lay.MaxRowTiles), WatchdogNs: uint64(b.opt.Watchdog.Nanoseconds()),
 		HeapBase: sym, OffRecvRows: lay.RecvRows.Off, OffRecvMeta: lay.RecvMeta.Off, OffRecvCounts: lay.RecvCounts.Off,
@@ -580,7 +648,17 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 	}
 	// On the kernel's stream: a synchronous copy from pageable memory may
 	// return before its DMA lands, and the stream does not wait for stream 0.
-	if err := d.MemcpyHtoDAsync(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.X)), x, b.stream); err != nil {
+	// In bf16 mode the tokens travel as bf16 (xbuf: the copy from pageable
+	// memory has staged it when the call returns, so it may be reused).
+	var xs any = x
+	if cfg.DType == config.BF16 {
+		if cap(b.xbuf) < len(x) {
+			b.xbuf = make([]uint16, len(x))
+		}
+		toBF16(b.xbuf[:len(x)], x)
+		xs = b.xbuf[:len(x)]
+	}
+	if err := d.MemcpyHtoDAsync(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.X)), xs, b.stream); err != nil {
 		return tm, fmt.Errorf("upload tokens: %w", err)
 	}
 	if n := uint64(cfg.Tokens * cfg.Hidden); n > 0 {
@@ -589,12 +667,23 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 		}
 	}
 	arg := b.params(cfg)
+	var exec cuda.GraphExec
+	if b.opt.Graph {
+		var err error
+		// A failed capture ran nothing: the runtime stays usable.
+		if exec, err = b.graphFor(cfg.DType, arg.Bytes()); err != nil {
+			return tm, err
+		}
+	}
 	if err := d.EventRecord(b.evStart, b.stream); err != nil {
 		return tm, err
 	}
-	grid := [3]uint32{uint32(b.info.Grid), 1, 1}
-	block := [3]uint32{kernels.Threads, 1, 1}
-	if err := d.LaunchCooperative(b.fn, grid, block, 0, b.stream, arg.Bytes()); err != nil {
+	if b.opt.Graph {
+		if err := d.GraphLaunch(exec, b.stream); err != nil {
+			b.broken = fmt.Errorf("kernel graph launch failed: %w", err)
+			return tm, b.broken
+		}
+	} else if err := b.launch(cfg.DType, arg.Bytes()); err != nil {
 		b.broken = fmt.Errorf("kernel launch failed: %w", err)
 		return tm, b.broken
 	}
@@ -629,6 +718,72 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 	}
 	b.last, b.haveLast = cfg, true
 	return tm, nil
+}
+
+// launch queues one cooperative launch of the kernel for mode d on the stream.
+func (b *Backend) launch(d config.DType, arg []byte) error {
+	grid := [3]uint32{uint32(b.info.Grid), 1, 1}
+	block := [3]uint32{kernels.Threads, 1, 1}
+	return b.drv.LaunchCooperative(b.fn, grid, block, phaseBytes(d), b.stream, arg)
+}
+
+// phaseBytes is the dynamic shared memory of a launch in mode d.
+func phaseBytes(d config.DType) uint32 {
+	if tensorCore(d) {
+		return kernels.PhaseBytes
+	}
+	return kernels.SIMTPhaseBytes
+}
+
+// maxGraphs bounds the captured forwards kept at once (each is one kernel
+// node); when full, all are dropped and capturing starts over.
+const maxGraphs = 64
+
+// graphFor returns the executable graph of one launch in mode with argument
+// arg (which holds the mode), capturing it on first use.
+func (b *Backend) graphFor(mode config.DType, arg []byte) (cuda.GraphExec, error) {
+	key := string(arg)
+	if e, ok := b.graphs[key]; ok {
+		return e, nil
+	}
+	if len(b.graphs) >= maxGraphs {
+		b.dropGraphs()
+	}
+	d := b.drv
+	if err := d.StreamBeginCapture(b.stream, cuda.CaptureModeThreadLocal); err != nil {
+		return 0, fmt.Errorf("graph capture of the forward: %w", err)
+	}
+	lerr := b.launch(mode, arg)
+	g, err := d.StreamEndCapture(b.stream)
+	if lerr != nil || err != nil {
+		if err == nil {
+			d.GraphDestroy(g)
+		}
+		return 0, fmt.Errorf("graph capture of the forward (cooperative launch): %w", errors.Join(lerr, err))
+	}
+	e, err := d.GraphInstantiate(g)
+	if derr := d.GraphDestroy(g); derr != nil && err == nil {
+		err = derr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("instantiate the forward's graph: %w", err)
+	}
+	if b.graphs == nil {
+		b.graphs = map[string]cuda.GraphExec{}
+	}
+	b.graphs[key] = e
+	b.log.Debug().Int("graphs", len(b.graphs)).Msg("captured a forward as a CUDA graph")
+	return e, nil
+}
+
+// dropGraphs destroys every captured forward.
+func (b *Backend) dropGraphs() {
+	for k, e := range b.graphs {
+		if err := b.drv.GraphExecDestroy(e); err != nil {
+			b.log.Debug().Err(err).Msg("destroy a forward's graph")
+		}
+		delete(b.graphs, k)
+	}
 }
 
 func (b *Backend) status() (kernels.Status, error) {
@@ -714,9 +869,11 @@ func (b *Backend) usable() error {
 	return nil
 }
 
-// release frees the prepared memory (collective for the symmetric part).
+// release frees the prepared memory (collective for the symmetric part) and
+// the graphs that point into it.
 func (b *Backend) release() error {
 	var errs []error
+	b.dropGraphs()
 	if b.local != 0 {
 		errs = append(errs, b.drv.MemFree(b.local))
 		b.local = 0

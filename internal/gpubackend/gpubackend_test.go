@@ -2,12 +2,14 @@ package gpubackend
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/datagen"
 	"github.com/moerun/moerun/internal/transport"
 	"github.com/moerun/moerun/kernels"
 	"github.com/moerun/moerun/symheap"
@@ -122,5 +124,88 @@ func TestParamsFromLayout(t *testing.T) {
 	}
 	if p.RowsPerSource != int32(lay.RowsPerSource) || p.MaxRowTiles != int32(lay.MaxRowTiles) {
 		t.Errorf("plan fields: %+v", p)
+	}
+}
+
+func TestBF16AndTF32Rounding(t *testing.T) {
+	for _, x := range []float32{0, 1, -1, 1.00390625, 3.1415927, -2.7182817, 1e-30, 6.5e4, float32(math.Inf(1))} {
+		want := datagen.RoundBF16(x)
+		got := math.Float32frombits(uint32(bf16Bits(x)) << 16)
+		if got != want {
+			t.Errorf("bf16Bits(%g) widens to %g, datagen.RoundBF16 says %g", x, got, want)
+		}
+	}
+	if n := bf16Bits(float32(math.NaN())); math.Float32frombits(uint32(n)<<16) == math.Float32frombits(uint32(n)<<16) {
+		t.Error("bf16Bits(NaN) is not a NaN")
+	}
+	// tf32: 10 mantissa bits, nearest, ties away from zero (cvt.rna).
+	cases := map[float32]float32{
+		1:                                1,
+		1 + 1.0/1024:                     1 + 1.0/1024,
+		1 + 1.0/2048:                     1 + 1.0/1024, // tie: away from zero
+		-(1 + 1.0/2048):                  -(1 + 1.0/1024),
+		1 + 1.0/4096:                     1,
+		float32(math.Inf(-1)):            float32(math.Inf(-1)),
+		math.Float32frombits(0x3f800fff): 1,
+	}
+	for in, want := range cases {
+		if got := roundTF32(in); got != want {
+			t.Errorf("roundTF32(%g) = %g, want %g", in, got, want)
+		}
+		if b := math.Float32bits(roundTF32(in)); b&0x1fff != 0 {
+			t.Errorf("roundTF32(%g) has low bits %#x", in, b&0x1fff)
+		}
+	}
+	src := make([]float32, 100001)
+	for i := range src {
+		src[i] = datagen.Uniform(3, 9, uint64(i))
+	}
+	dst := make([]uint16, len(src))
+	toBF16(dst, src)
+	for i := range src {
+		if dst[i] != bf16Bits(src[i]) {
+			t.Fatalf("toBF16[%d] = %#x, want %#x", i, dst[i], bf16Bits(src[i]))
+		}
+	}
+}
+
+func TestTranspose(t *testing.T) {
+	for _, sh := range [][2]int{{1, 1}, {64, 192}, {192, 64}, {33, 70}, {2048, 96}} {
+		rows, cols := sh[0], sh[1]
+		src := make([]float32, rows*cols)
+		for i := range src {
+			src[i] = datagen.Uniform(5, 1, uint64(i))
+		}
+		tf := transposeTF32(src, rows, cols)
+		bf := transposeBF16(src, rows, cols)
+		for r := 0; r < rows; r++ {
+			for c := 0; c < cols; c++ {
+				if tf[c*rows+r] != roundTF32(src[r*cols+c]) {
+					t.Fatalf("%dx%d tf32: [%d][%d]", rows, cols, c, r)
+				}
+				if bf[c*rows+r] != bf16Bits(src[r*cols+c]) {
+					t.Fatalf("%dx%d bf16: [%d][%d]", rows, cols, c, r)
+				}
+			}
+		}
+	}
+}
+
+func TestParamsDType(t *testing.T) {
+	for d, want := range map[config.DType]int32{config.FP32: kernels.DTypeFP32, config.TF32: kernels.DTypeTF32, config.BF16: kernels.DTypeBF16} {
+		c := config.Default()
+		c.Tokens, c.MaxTokens, c.Hidden, c.FFNHidden, c.Experts, c.TopK, c.DType = 10, 64, 128, 192, 8, 2, d
+		lay, err := symheap.Plan(c, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &Backend{rank: 0, world: 2, layout: lay, sym: 0x10000, local: 0x900000,
+			opt: Options{Watchdog: time.Second, DebugWithholdPeer: -1}, info: KernelInfo{Grid: 264}}
+		if p := b.params(c); p.DType != want {
+			t.Errorf("%s: params dtype %d, want %d", d, p.DType, want)
+		}
+		if tensorCore(d) != (d != config.FP32) || uint64(storageBytes(d)) != lay.ElemSize {
+			t.Errorf("%s: tensorCore %v, storage %d, plan elem %d", d, tensorCore(d), storageBytes(d), lay.ElemSize)
+		}
 	}
 }

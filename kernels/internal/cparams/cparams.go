@@ -19,6 +19,7 @@ static const moe_entry moe_sizes[] = {
     MOE_SIZE(MoeStatus),
     MOE_SIZE(MoeRowTile),
     MOE_SIZE(MoeSched),
+    MOE_SIZE(MoeTileTest),
 };
 static const moe_entry moe_fields[] = {
     MOE_FIELD(MoeParams, tokens),
@@ -99,6 +100,17 @@ static const moe_entry moe_fields[] = {
     MOE_FIELD(MoeSched, arr_tile0),
     MOE_FIELD(MoeSched, ret_done),
     MOE_FIELD(MoeSched, ret_target),
+    MOE_FIELD(MoeTileTest, dtype),
+    MOE_FIELD(MoeTileTest, nb),
+    MOE_FIELD(MoeTileTest, mrows),
+    MOE_FIELD(MoeTileTest, ncols),
+    MOE_FIELD(MoeTileTest, k),
+    MOE_FIELD(MoeTileTest, _pad0),
+    MOE_FIELD(MoeTileTest, a),
+    MOE_FIELD(MoeTileTest, b0),
+    MOE_FIELD(MoeTileTest, b1),
+    MOE_FIELD(MoeTileTest, out),
+    MOE_FIELD(MoeTileTest, status),
 };
 static const moe_entry moe_consts[] = {
     MOE_CONST(MOE_ABI_VERSION),
@@ -106,6 +118,12 @@ static const moe_entry moe_consts[] = {
     MOE_CONST(MOE_TILE_M),
     MOE_CONST(MOE_TILE_N),
     MOE_CONST(MOE_TILE_K),
+    MOE_CONST(MOE_TC_TILE_M),
+    MOE_CONST(MOE_TC_TILE_N),
+    MOE_CONST(MOE_TC_K_BYTES),
+    MOE_CONST(MOE_TC_STAGES),
+    MOE_CONST(MOE_PHASE_BYTES),
+    MOE_CONST(MOE_SIMT_PHASE_BYTES),
     MOE_CONST(MOE_MAX_WORLD),
     MOE_CONST(MOE_MAX_TOPK),
     MOE_CONST(MOE_GATE_MAX_SPLIT),

@@ -1,0 +1,342 @@
+// gemm_tc.cuh: the tensor-core GEMM tile (tf32 and bf16 inputs, fp32
+// accumulate) of the expert FFN, with warp-level mma.sync.
+//
+// Shapes (params.h): one 256-thread block computes kTcTileM (128) rows of A
+// times kTcTileN (128) "B rows". B is the transposed weight, W^T [N][K], K
+// contiguous (the host uploads it so in tf32/bf16 mode), so both operands are
+// K-contiguous and both are read from shared memory with ldmatrix (no
+// transpose: this is also the layout that tf32 needs, which has no
+// transposing ldmatrix nor, in wgmma, a transposed tf32 operand).
+//
+// Warps: 2 (M) x 4 (N); warp (wm, wn) owns rows wm*64..+63 and B rows
+// wn*32..+31: 4 m16 tiles x 4 n8 tiles, acc[mi][j][4] (64 fp32 registers).
+//
+// K advances by kTcKBytes (128) bytes per stage: 64 bf16 or 32 tf32 values,
+// i.e. 4 mma k-steps of 32 bytes each (m16n8k16 bf16 / m16n8k8 tf32). The
+// smem layout and the ldmatrix addressing are the SAME bytes for both types:
+// an mma k-step always consumes two 16-byte chunks of every row.
+//
+// Shared memory per stage: A [128][128 B] then B [128][128 B] (32 KB); a row
+// is 8 chunks of 16 B stored at chunk ^ (row & 7) (XOR swizzle), so that the 8
+// row addresses of an ldmatrix phase and the 8 chunks a cp.async phase writes
+// hit distinct banks. kTcStages (3) cp.async stages, one __syncthreads per
+// stage. Loads are cp.async.cg 16 B (L2 only: A rows are written by other
+// GPUs / blocks during the launch); rows past mrows and B rows past ncols are
+// zero-filled (src-size 0), never read.
+//
+// NB = 2 (swiglu: gate and up projections share A): the 128 B rows are the
+// two operands interleaved by 16: B rows 32w..32w+15 are Wg^T rows
+// n0+16w..+15 and 32w+16..+31 are Wu^T rows n0+16w..+15; so each warp holds
+// gate (n8 tiles 0, 1) and up (n8 tiles 2, 3) for the same 16 output
+// columns, and the epilogue needs no exchange. A task then covers 64 output
+// columns instead of 128.
+//
+// Epilogue: tc_stage writes the (bias, activation) fp32 results into a
+// padded smem tile, tc_copy_out writes whole rows from it with 16-byte
+// stores (fp32 or bf16; a 512 / 256 B contiguous run per row of the tile),
+// which is what remote NVLink stores and L2 want.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include "gemm.cuh"
+
+namespace moe {
+
+constexpr int kTcTileM = MOE_TC_TILE_M;
+constexpr int kTcTileN = MOE_TC_TILE_N;
+constexpr int kTcKBytes = MOE_TC_K_BYTES;
+constexpr int kTcStages = MOE_TC_STAGES;
+constexpr int kTcStageBytes = (kTcTileM + kTcTileN) * kTcKBytes;
+constexpr int kTcMainBytes = kTcStages * kTcStageBytes;  // stages; slots follow
+constexpr int kTcCsStride = kTcTileN + 8;                // floats per staged output row (+8: no bank conflicts)
+constexpr int kTcWarpM = 64, kTcWarpN = 32;              // warp tile
+constexpr int kTcRowsPerPass = kThreads * 16 / kTcKBytes;  // rows one cp.async pass covers (32)
+constexpr int kTcPasses = kTcTileM / kTcRowsPerPass;       // cp.async per thread per operand and stage (4)
+
+static_assert(kTcTileM == 128 && kTcTileN == 128 && kTcKBytes == 128, "the tile code assumes 128 x 128 x 128 B");
+static_assert(kWarps == (kTcTileM / kTcWarpM) * (kTcTileN / kTcWarpN), "8 warps of 64 x 32");
+static_assert(kTcStages >= 2, "cp.async pipeline needs at least 2 stages");
+static_assert(kTcTileM * kTcCsStride * 4 <= kTcMainBytes, "the staged output tile fits the stage buffers");
+static_assert(kTcMainBytes + kTcTileM * 4 <= kPhaseBytes, "stages and row slots fit the phase buffer");
+static_assert(kTcPasses * kTcRowsPerPass == kTcTileM && kTcTileN == kTcTileM, "loader covers A and B");
+
+// ---- PTX wrappers ----------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared, through L2 only; zero-filled when !valid (no read).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+// fp32 -> tf32 (round to nearest, ties away from zero), as fp32 bits.
+__device__ __forceinline__ float round_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return __uint_as_float(r);
+}
+
+// The mma flavours. T is the storage type of A and B.
+struct MmaTF32 {
+  using T = float;
+  static constexpr bool kTF32 = true;
+  // m16n8k8: a 16x8 tf32, b 8x8 tf32, d 16x8 fp32.
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+struct MmaBF16 {
+  using T = __nv_bfloat16;
+  static constexpr bool kTF32 = false;
+  // m16n8k16: a 16x16 bf16, b 16x8 bf16, d 16x8 fp32.
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+// ---- the tile ---------------------------------------------------------------
+
+// The tile's contract: a points at A[0][0] of the tile (rows lda elements
+// apart, mrows valid rows, 1..128); b[o] at row 0 of operand o's W^T tile
+// (rows ldb elements apart; ncols valid rows = output columns per operand:
+// NB 1: 1..128, NB 2: 1..64); K a multiple of kTcKBytes / sizeof(T).
+template <int NB>
+struct TcArgs {
+  const void* a;
+  int64_t lda;
+  int mrows;
+  const void* b[NB];
+  int64_t ldb;
+  int ncols;
+  int K;
+};
+
+// acc[mi][j][e]: warp (wm, wn), row wm*64 + mi*16 + lane/4 (+8 for e >= 2),
+// B row wn*32 + j*8 + 2*(lane%4) + (e & 1). On return all cp.async groups have
+// completed and the block has synchronised: the caller may reuse smem.
+template <class Mma, int NB>
+__device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[4][4][4]) {
+  using T = typename Mma::T;
+  constexpr int kEs = static_cast<int>(sizeof(T));
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][j][e] = 0.f;
+
+  // Loader: thread copies chunk lc of rows lr + 32 i (i < 4) of A and of B.
+  const int lc = tid & 7, lr = tid >> 3;
+  const uint32_t sbase = smem_u32(smem);
+  const uint32_t st_off = static_cast<uint32_t>(lr * kTcKBytes + ((lc ^ (lr & 7)) << 4));
+  const char* asrc = static_cast<const char*>(g.a) + static_cast<int64_t>(lr) * g.lda * kEs + lc * 16;
+  const int64_t astep = static_cast<int64_t>(kTcRowsPerPass) * g.lda * kEs;
+  const char* bsrc;
+  int64_t bstep;
+  int bcol0, bcolstep;
+  if (NB == 1) {
+    bsrc = static_cast<const char*>(g.b[0]) + static_cast<int64_t>(lr) * g.ldb * kEs + lc * 16;
+    bstep = static_cast<int64_t>(kTcRowsPerPass) * g.ldb * kEs;
+    bcol0 = lr;
+    bcolstep = kTcRowsPerPass;
+  } else {
+    // B row lr + 32 i: operand (lr / 16) & 1, output column 16 i + lr % 16.
+    const void* bo = ((lr >> 4) & 1) ? g.b[NB - 1] : g.b[0];
+    bsrc = static_cast<const char*>(bo) + static_cast<int64_t>(lr & 15) * g.ldb * kEs + lc * 16;
+    bstep = static_cast<int64_t>(16) * g.ldb * kEs;
+    bcol0 = lr & 15;
+    bcolstep = 16;
+  }
+  const char* afall = static_cast<const char*>(g.a);     // never read (src-size 0)
+  const char* bfall = static_cast<const char*>(g.b[0]);
+  auto load = [&](int stage, int kt) {
+    const uint32_t s = sbase + static_cast<uint32_t>(stage * kTcStageBytes) + st_off;
+    const int64_t koff = static_cast<int64_t>(kt) * kTcKBytes;
+#pragma unroll
+    for (int i = 0; i < kTcPasses; ++i) {
+      const bool va = lr + kTcRowsPerPass * i < g.mrows;
+      cp_async16(s + i * kTcRowsPerPass * kTcKBytes, va ? asrc + i * astep + koff : afall, va);
+      const bool vb = bcol0 + bcolstep * i < g.ncols;
+      cp_async16(s + (kTcTileM + i * kTcRowsPerPass) * kTcKBytes, vb ? bsrc + i * bstep + koff : bfall, vb);
+    }
+  };
+
+  // ldmatrix addressing. A x4: matrices (rows 0-7, chunk lo), (rows 8-15, lo),
+  // (rows 0-7, hi), (rows 8-15, hi) = a0..a3 of m16n8k16 bf16 / m16n8k8 tf32.
+  // B x4 over 16 B rows: (rows 0-7, lo), (rows 0-7, hi), (rows 8-15, lo),
+  // (rows 8-15, hi) = {b0, b1} of n8 tile 2np, then of 2np + 1.
+  const int x7 = lane & 7;  // (row & 7) of every row this lane addresses
+  const uint32_t a_row = static_cast<uint32_t>((wm * kTcWarpM + x7 + ((lane >> 3) & 1) * 8) * kTcKBytes);
+  const uint32_t b_row = static_cast<uint32_t>((kTcTileM + wn * kTcWarpN + x7 + (lane >> 4) * 8) * kTcKBytes);
+  const int a_hi = lane >> 4, b_hi = (lane >> 3) & 1;
+
+  const int ksteps = g.K * kEs / kTcKBytes;
+#pragma unroll
+  for (int s = 0; s < kTcStages - 1; ++s) {
+    if (s < ksteps) load(s, s);
+    cp_async_commit();
+  }
+  int st = 0;  // stage buffer of step kt
+  for (int kt = 0; kt < ksteps; ++kt) {
+    cp_async_wait<kTcStages - 2>();  // this thread's copies of step kt have landed
+    __syncthreads();                 // everyone's have; everyone is done with step kt - 1
+    {
+      const int nk = kt + kTcStages - 1;
+      int ns = st + kTcStages - 1;
+      if (ns >= kTcStages) ns -= kTcStages;
+      if (nk < ksteps) load(ns, nk);  // into the buffer of step kt - 1
+      cp_async_commit();
+    }
+    const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
+#pragma unroll
+    for (int kk = 0; kk < kTcKBytes / 32; ++kk) {
+      uint32_t bf[4][2];
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4(r, sst + b_row + np * 16 * kTcKBytes + (((kk * 2 + b_hi) ^ x7) << 4));
+        bf[2 * np][0] = r[0];
+        bf[2 * np][1] = r[1];
+        bf[2 * np + 1][0] = r[2];
+        bf[2 * np + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi) {
+        uint32_t af[4];
+        ldmatrix_x4(af, sst + a_row + mi * 16 * kTcKBytes + (((kk * 2 + a_hi) ^ x7) << 4));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) Mma::mma(acc[mi][j], af, bf[j]);
+      }
+    }
+    if (++st == kTcStages) st = 0;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+}
+
+// ---- epilogue -----------------------------------------------------------------
+
+enum TcOp : int { kOpNone = 0, kOpReLU = 1, kOpGeLU = 2, kOpSwiGLU = 3 };
+
+// Output columns of a task: 128 for one operand, 64 for paired operands.
+template <int NB>
+__host__ __device__ constexpr int tc_out_cols() {
+  return kTcTileN / NB;
+}
+
+// Writes the tile's results into cs [128][kTcCsStride] fp32:
+//   NB 1: cs[r][c] = op(acc + bias[c]) (bias may be null: 0), c < 128;
+//   NB 2, kOpSwiGLU: cs[r][c] = silu(gate) * up, c < 64;
+//   NB 2, kOpNone: cs[r][c] = gate, cs[r][64 + c] = up (the tile test).
+// bias is read only for columns < ncols. The caller syncs before reading cs.
+template <int NB>
+__device__ __forceinline__ void tc_stage(const float (&acc)[4][4][4], float* cs, int op, const float* bias, int ncols) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int wm = warp >> 2, wn = warp & 3;
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int jo = 0; jo < 4 / NB; ++jo) {
+    const int col = wn * (kTcWarpN / NB) + jo * 8 + 2 * tq;
+    float b0 = 0.f, b1 = 0.f;
+    if (NB == 1 && bias != nullptr && col < ncols) {
+      b0 = __ldg(bias + col);
+      b1 = __ldg(bias + col + 1);
+    }
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = wm * kTcWarpM + mi * 16 + gq + h * 8;
+        float v0 = acc[mi][jo][2 * h], v1 = acc[mi][jo][2 * h + 1];
+        float* dst = cs + row * kTcCsStride + col;
+        if (NB == 2) {
+          const float u0 = acc[mi][(jo + 2) & 3][2 * h];  // the up tile of the same columns
+          const float u1 = acc[mi][(jo + 2) & 3][2 * h + 1];
+          if (op == kOpSwiGLU) {
+            v0 = act_silu(v0) * u0;
+            v1 = act_silu(v1) * u1;
+          } else {
+            *reinterpret_cast<float2*>(dst + kTcTileN / 2) = make_float2(u0, u1);
+          }
+        } else {
+          v0 += b0;
+          v1 += b1;
+          if (op == kOpReLU) {
+            v0 = act_relu(v0);
+            v1 = act_relu(v1);
+          } else if (op == kOpGeLU) {
+            v0 = act_gelu(v0);
+            v1 = act_gelu(v1);
+          }
+        }
+        *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+      }
+    }
+  }
+}
+
+// 16-byte vector of 4 fp32 (tf32-rounded when asked) or 8 bf16 from cs.
+template <typename TO>
+__device__ __forceinline__ uint4 tc_pack(const float* src, bool tf32) {
+  uint4 u;
+  if constexpr (sizeof(TO) == 4) {
+    float4 v = *reinterpret_cast<const float4*>(src);
+    if (tf32) {
+      v.x = round_tf32(v.x);
+      v.y = round_tf32(v.y);
+      v.z = round_tf32(v.z);
+      v.w = round_tf32(v.w);
+    }
+    u = make_uint4(__float_as_uint(v.x), __float_as_uint(v.y), __float_as_uint(v.z), __float_as_uint(v.w));
+  } else {
+    const float4 a = *reinterpret_cast<const float4*>(src);
+    const float4 b = *reinterpret_cast<const float4*>(src + 4);
+    const __nv_bfloat162 p0 = __floats2bfloat162_rn(a.x, a.y);
+    const __nv_bfloat162 p1 = __floats2bfloat162_rn(a.z, a.w);
+    const __nv_bfloat162 p2 = __floats2bfloat162_rn(b.x, b.y);
+    const __nv_bfloat162 p3 = __floats2bfloat162_rn(b.z, b.w);
+    u.x = *reinterpret_cast<const uint32_t*>(&p0);
+    u.y = *reinterpret_cast<const uint32_t*>(&p1);
+    u.z = *reinterpret_cast<const uint32_t*>(&p2);
+    u.w = *reinterpret_cast<const uint32_t*>(&p3);
+  }
+  return u;
+}
+
+// Copies rows 0..nrows-1, columns 0..ncols-1 (a multiple of 8) of cs to row(r) (a TO* at the tile's column 0) with 16-byte
+// stores; a warp writes whole contiguous runs of a row.
+template <typename TO, typename RowFn>
+__device__ __forceinline__ void tc_copy_out(const float* cs, int nrows, int ncols, bool tf32, RowFn row) {
+  constexpr int kEpv = 16 / static_cast<int>(sizeof(TO));  // elements per vector
+  const int vpr = ncols / kEpv;                            // vectors per row
+  const int n = nrows * vpr;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int r = i / vpr, v = i - r * vpr;
+    const uint4 u = tc_pack<TO>(cs + r * kTcCsStride + v * kEpv, tf32);
+    *reinterpret_cast<uint4*>(row(r) + v * kEpv) = u;
+  }
+}
+
+}  // namespace moe
