@@ -76,6 +76,13 @@ func runLaunch(args []string) int {
 		fmt.Fprintf(stderr, "moerun launch: the ranks cannot run launch themselves; name the command they run, e.g. bench\n")
 		return exitUsage
 	}
+	switch rest[0] {
+	case "bench", "info", "version", "help":
+	default:
+		// Refused here, once, rather than by every rank after mpirun started.
+		fmt.Fprintf(stderr, "moerun launch: unknown command %q for the ranks: want bench, info or version, e.g.: moerun launch -n 4 -- bench --verify\n", rest[0])
+		return exitUsage
+	}
 	if *n < 0 {
 		fmt.Fprintf(stderr, "moerun launch: -n %d: the number of ranks must be positive\n", *n)
 		return exitUsage

@@ -43,6 +43,10 @@ type Options struct {
 	// DebugWithholdSignal makes the rank with this index withhold one
 	// signal in the kernel, to test the watchdog (-1: off).
 	DebugWithholdSignal int
+	// Weights is a Hugging Face checkpoint folder whose MoE layer Layer
+	// replaces the generated weights; its config.json gives the shape.
+	Weights string
+	Layer   int
 }
 
 type intList struct{ v *[]int }
@@ -180,6 +184,8 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on every host-side wait for other ranks")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
 	fs.IntVar(&o.DebugWithholdSignal, "debug-withhold-signal", -1, "debug: this rank withholds its dispatch signal to the next rank, to test the watchdog")
+	fs.StringVar(&o.Weights, "weights", "", "Hugging Face checkpoint folder (config.json + safetensors): run its MoE layer --layer instead of generated weights; the shape comes from it, the tokens from --seed")
+	fs.IntVar(&o.Layer, "layer", 0, "with --weights: the index N of the decoder layer model.layers.N to run")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -211,6 +217,24 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 	}
 	if _, err := parseLevel(o.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.Weights != "" {
+		// The checkpoint fixes the layer's shape and weights.
+		for _, name := range []string{"hidden", "ffn-hidden", "experts", "topk", "ffn", "no-renorm"} {
+			if set[name] {
+				errs = append(errs, fmt.Errorf("--%s: with --weights the checkpoint's config.json gives it", name))
+			}
+		}
+		if o.Dump != "" {
+			errs = append(errs, errors.New("--dump with --weights is not supported yet (the dump writes generated weights)"))
+		}
+		if o.Layer < 0 {
+			errs = append(errs, fmt.Errorf("layer %d: must not be negative", o.Layer))
+		}
+	} else if set["layer"] {
+		errs = append(errs, errors.New("--layer needs --weights"))
 	}
 	return o, errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/moerun/moerun/internal/backend"
+	"github.com/moerun/moerun/internal/checkpoint"
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/datagen"
 	"github.com/moerun/moerun/internal/logging"
@@ -81,6 +82,35 @@ func Run(env Env, o Options) int {
 			name = "gpu"
 		}
 	}
+	var ck *ckptLayer
+	if o.Weights != "" {
+		var err error
+		if o, err = ShapeFromWeights(o); err == nil {
+			ck, err = loadWeights(o, me, w)
+		}
+		// Every rank learns whether every rank could read its part.
+		failed := make([]float64, w)
+		if err != nil {
+			failed[me] = 1
+		}
+		if rerr := c.AllReduceF64(transport.Sum, failed); rerr != nil {
+			fmt.Fprintf(errOut(env), "moerun bench: rank %d: %v\n", me, rerr)
+			return 1
+		}
+		for r, f := range failed {
+			if f == 0 {
+				continue
+			}
+			if r == me {
+				fmt.Fprintf(errOut(env), "moerun bench: rank %d: --weights %s: %v\n", me, o.Weights, err)
+			}
+			if ck != nil {
+				ck.model.Close()
+			}
+			return 2
+		}
+		defer ck.model.Close()
+	}
 	cfgs := o.Configs(config.FP32)
 	var bad []error
 	for _, cfg := range cfgs {
@@ -121,12 +151,23 @@ func Run(env Env, o Options) int {
 		return fatal(fmt.Errorf("open %s backend: %w", name, err))
 	}
 	defer b.Close()
+	if _, ok := b.(backend.Layers); ck != nil && !ok {
+		// Every rank runs the same backend: all refuse alike.
+		if me == 0 {
+			fmt.Fprintf(errOut(env), "moerun bench: --weights: the %s backend does not take caller weights yet (it generates them from the seed); use --backend cpu\n", b.Name())
+		}
+		return 2
+	}
 	rep := Report{Version: env.Version, Backend: b.Name(), World: w, Card: b.Card()}
 	if me == 0 {
+		if ck != nil {
+			fmt.Fprintf(env.Stdout, "# weights %s  layer %d  model_type %s  renormalize %t (%s)\n",
+				o.Weights, o.Layer, ck.model.Type, ck.cfg.Renormalize, ck.model.RenormalizeFrom)
+		}
 		printHeader(env.Stdout, rep, o)
 	}
 	failed := 0
-	var refs refWeights
+	refs := refWeights{ck: ck}
 	for i, cfg := range cfgs {
 		row, err := runOne(env, b, &refs, cfg, o, i, len(cfgs) > 1)
 		if err != nil && !errors.Is(err, errVerify) {
@@ -168,13 +209,21 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 	w, me := c.Size(), c.Rank()
 	row := Row{Config: cfg}
 	log := env.Log.With().Int("config", index).Logger()
-	if err := b.Prepare(cfg); err != nil {
+	x := datagen.Tokens(cfg, me, cfg.Tokens)
+	forward := func() (backend.Timing, error) { return b.Forward(cfg, x) }
+	if refs.ck != nil {
+		// Weights from the checkpoint: the backend holds them as layer 0.
+		lb := b.(backend.Layers)
+		if err := lb.PrepareLayer(0, cfg, refs.ck.weights); err != nil {
+			return row, fmt.Errorf("prepare with the checkpoint's weights: %w", err)
+		}
+		forward = func() (backend.Timing, error) { return lb.ForwardLayer(0, cfg, x) }
+	} else if err := b.Prepare(cfg); err != nil {
 		return row, fmt.Errorf("prepare: %w", err)
 	}
-	x := datagen.Tokens(cfg, me, cfg.Tokens)
 	// The first forward's output, kept to check that every later forward of
 	// the same inputs gives the same bits.
-	if _, err := b.Forward(cfg, x); err != nil {
+	if _, err := forward(); err != nil {
 		return row, fmt.Errorf("first forward: %w", err)
 	}
 	first, err := b.Result()
@@ -183,7 +232,7 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 	}
 	firstOut := append([]float32(nil), first.Out...)
 	for range o.Warmup {
-		if _, err := b.Forward(cfg, x); err != nil {
+		if _, err := forward(); err != nil {
 			return row, fmt.Errorf("warm-up forward: %w", err)
 		}
 	}
@@ -196,7 +245,7 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 		if err := c.Barrier(); err != nil {
 			return row, fmt.Errorf("barrier before forward %d: %w", it, err)
 		}
-		t, err := b.Forward(cfg, x)
+		t, err := forward()
 		if err != nil {
 			return row, fmt.Errorf("forward %d: %w", it, err)
 		}
@@ -214,7 +263,7 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 	}
 	start := time.Now()
 	for it := range o.Iters {
-		if _, err := b.Forward(cfg, x); err != nil {
+		if _, err := forward(); err != nil {
 			return row, fmt.Errorf("back-to-back forward %d: %w", it, err)
 		}
 	}
@@ -254,7 +303,10 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 	if !o.Verify {
 		return row, nil
 	}
-	ref := refs.get(cfg)
+	ref, err := refs.get(cfg, res.TopKIdx)
+	if err != nil {
+		return row, fmt.Errorf("reference weights: %w", err)
+	}
 	check := reference.Check(reference.CheckInput{
 		Cfg: cfg, X: x, Gate: ref.gate,
 		Expert:     ref.experts,
@@ -329,18 +381,114 @@ func bitwiseDiffs(a, b []float32) int {
 
 // refWeights keeps the reference's gate and expert cache while consecutive
 // configs share weights (configs differ fastest in tokens and capacity), so
-// that verification does not regenerate them for every config.
+// that verification does not regenerate them for every config. With
+// --weights they come from the checkpoint instead.
 type refWeights struct {
 	key     config.Layer
 	gate    []float32
 	experts reference.ExpertSource
+	ck      *ckptLayer
 }
 
-func (r *refWeights) get(c config.Layer) *refWeights {
+// get returns the reference weights for c; ids are the experts the forward
+// to check routed to (a checkpoint's are read on demand).
+func (r *refWeights) get(c config.Layer, ids []int32) (*refWeights, error) {
+	if r.ck != nil {
+		src, err := r.ck.source(ids)
+		if err != nil {
+			return nil, err
+		}
+		r.gate, r.experts = r.ck.weights.Gate, src
+		return r, nil
+	}
 	k := c
 	k.Tokens, k.CapacityFactor, k.Renormalize, k.Route = 0, 0, false, ""
 	if r.gate == nil || r.key != k {
 		r.key, r.gate, r.experts = k, datagen.Gate(c), reference.CachedExperts(c, 2<<30)
 	}
-	return r
+	return r, nil
+}
+
+// ShapeFromWeights sets o's shape lists (hidden, ffn-hidden, experts, topk,
+// ffn, renormalisation) from the checkpoint layer of --weights and --layer,
+// and the dtype to the checkpoint's unless --dtype says otherwise: bf16 for
+// a checkpoint stored in bf16, fp32 otherwise (fp32 and tf32 run any
+// checkpoint; bf16 needs a bf16 one). It reads config.json and the
+// safetensors headers only.
+func ShapeFromWeights(o Options) (Options, error) {
+	m, err := checkpoint.Open(o.Weights)
+	if err != nil {
+		return o, err
+	}
+	defer m.Close()
+	c, err := m.Config(o.Layer)
+	if err != nil {
+		return o, err
+	}
+	o.Hidden, o.FFNHidden, o.Experts, o.TopK = []int{c.Hidden}, []int{c.FFNHidden}, []int{c.Experts}, []int{c.TopK}
+	o.FFN, o.NoRenorm = []config.FFN{c.FFN}, !c.Renormalize
+	if len(o.DType) == 0 {
+		o.DType = []config.DType{c.DType}
+	}
+	for _, d := range o.DType {
+		if d == config.BF16 && c.DType != config.BF16 {
+			return o, fmt.Errorf("--dtype bf16: layer %d is not stored in bf16 (its values would need rounding); run it in fp32 or tf32", o.Layer)
+		}
+	}
+	return o, nil
+}
+
+// ckptLayer is the checkpoint layer of --weights on this rank.
+type ckptLayer struct {
+	model   *checkpoint.Model
+	layer   int
+	cfg     config.Layer
+	weights *backend.Weights        // the gate and this rank's experts
+	experts map[int]*datagen.Expert // every expert read so far
+}
+
+// loadWeights opens the checkpoint and reads the gate and the experts this
+// rank owns, and nothing else.
+func loadWeights(o Options, me, w int) (*ckptLayer, error) {
+	m, err := checkpoint.Open(o.Weights)
+	if err != nil {
+		return nil, err
+	}
+	c, err := m.Config(o.Layer)
+	if err == nil {
+		var wt *backend.Weights
+		if wt, err = m.Load(o.Layer, me, w); err == nil {
+			ck := &ckptLayer{model: m, layer: o.Layer, cfg: c, weights: wt, experts: map[int]*datagen.Expert{}}
+			for e, ex := range wt.Experts {
+				ck.experts[e] = ex
+			}
+			return ck, nil
+		}
+	}
+	m.Close()
+	return nil, err
+}
+
+// source reads the experts among ids that this rank has not read yet (the
+// other ranks' experts that its tokens were routed to) and returns the
+// experts it holds; verification of a large layer thus holds up to every
+// expert of the layer on each rank.
+func (ck *ckptLayer) source(ids []int32) (reference.ExpertSource, error) {
+	var need []int
+	for _, e := range ids {
+		if int(e) >= 0 && int(e) < ck.cfg.Experts && ck.experts[int(e)] == nil {
+			need = append(need, int(e))
+		}
+	}
+	if len(need) > 0 {
+		got, err := ck.model.LoadExperts(ck.layer, need)
+		if err != nil {
+			return nil, err
+		}
+		for e, ex := range got {
+			ck.experts[e] = ex
+		}
+	}
+	experts := ck.experts
+	return func(e int) *datagen.Expert { return experts[e] }, nil
 }

@@ -8,8 +8,10 @@ package cpubackend
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"time"
 
 	"github.com/moerun/moerun/internal/backend"
@@ -19,16 +21,28 @@ import (
 	"github.com/moerun/moerun/internal/transport"
 )
 
-// Backend is the CPU backend of one rank.
+// Backend is the CPU backend of one rank. Besides the one configuration of
+// Prepare, it holds any number of layers by id (backend.Layers), each with
+// its own weights, generated from the seed or given by the caller.
 type Backend struct {
 	comm    transport.Comm
 	cfg     config.Layer // the prepared configuration
 	ready   bool
 	gate    []float32
 	experts map[int]*datagen.Expert // owned experts by global id
+	layers  map[int]*layer          // layers of PrepareLayer, by id
 	last    *backend.Result
 	out64   []float64
 }
+
+// layer is one layer of PrepareLayer: its configuration and weights.
+type layer struct {
+	cfg     config.Layer
+	gate    []float32
+	experts map[int]*datagen.Expert
+}
+
+var _ backend.Layers = (*Backend)(nil)
 
 // New returns a CPU backend over comm.
 func New(comm transport.Comm) *Backend { return &Backend{comm: comm} }
@@ -59,16 +73,132 @@ func (b *Backend) Prepare(cfg config.Layer) error {
 		return nil
 	}
 	b.cfg = cfg
-	b.gate = datagen.Gate(cfg)
-	el := cfg.ExpertsPerRank(w)
-	first := b.comm.Rank() * el
-	b.experts = make(map[int]*datagen.Expert, el)
-	for e := first; e < first+el; e++ {
-		ex := datagen.ExpertWeights(cfg, e)
-		b.experts[e] = &ex
-	}
+	b.gate, b.experts = generate(cfg, b.comm.Rank(), w)
 	b.ready = true
 	return nil
+}
+
+// generate makes the gate and rank me's experts from cfg.Seed.
+func generate(cfg config.Layer, me, w int) ([]float32, map[int]*datagen.Expert) {
+	el := cfg.ExpertsPerRank(w)
+	first := me * el
+	experts := make(map[int]*datagen.Expert, el)
+	for e := first; e < first+el; e++ {
+		ex := datagen.ExpertWeights(cfg, e)
+		experts[e] = &ex
+	}
+	return datagen.Gate(cfg), experts
+}
+
+// PrepareLayer implements backend.Layers: it keeps a copy of w (the caller
+// may reuse its slices afterwards), or generates the weights from cfg.Seed
+// when w is nil. w must hold the gate and exactly the experts this rank owns.
+// It is local to this rank: no communication.
+func (b *Backend) PrepareLayer(id int, cfg config.Layer, w *backend.Weights) error {
+	world, me := b.comm.Size(), b.comm.Rank()
+	if err := cfg.Validate(world); err != nil {
+		return fmt.Errorf("cpu backend: layer %d: %w", id, err)
+	}
+	l := &layer{cfg: cfg}
+	if w == nil {
+		l.gate, l.experts = generate(cfg, me, world)
+	} else {
+		if err := CheckWeights(cfg, w, me, world); err != nil {
+			return fmt.Errorf("cpu backend: layer %d: %w", id, err)
+		}
+		l.gate = append([]float32(nil), w.Gate...)
+		l.experts = make(map[int]*datagen.Expert, len(w.Experts))
+		for e, ex := range w.Experts {
+			l.experts[e] = &datagen.Expert{
+				W1: clone(ex.W1), B1: clone(ex.B1), W2: clone(ex.W2), B2: clone(ex.B2), Wu: clone(ex.Wu),
+			}
+		}
+	}
+	if b.layers == nil {
+		b.layers = map[int]*layer{}
+	}
+	b.layers[id] = l
+	return nil
+}
+
+// ForwardLayer implements backend.Layers.
+func (b *Backend) ForwardLayer(id int, cfg config.Layer, x []float32) (backend.Timing, error) {
+	l, ok := b.layers[id]
+	if !ok {
+		return backend.Timing{}, fmt.Errorf("cpu backend: forward of layer %d, which was never prepared", id)
+	}
+	if !sameWeights(l.cfg, cfg) {
+		return backend.Timing{}, fmt.Errorf("cpu backend: forward of layer %d with %v; it was prepared for %v", id, cfg, l.cfg)
+	}
+	return b.run(cfg, l.cfg.MaxTokens, l.gate, l.experts, x)
+}
+
+// CheckWeights reports what is wrong with caller-given weights for rank me
+// of world: the gate's size, a missing, foreign or misshapen expert. The
+// error names the first problems found.
+func CheckWeights(cfg config.Layer, w *backend.Weights, me, world int) error {
+	if w == nil {
+		return fmt.Errorf("no weights given")
+	}
+	h, in, e := cfg.Hidden, cfg.FFNHidden, cfg.Experts
+	var errs []error
+	bad := func(format string, a ...any) {
+		if len(errs) < 8 {
+			errs = append(errs, fmt.Errorf(format, a...))
+		}
+	}
+	if len(w.Gate) != h*e {
+		bad("gate has %d values, want hidden %d × experts %d = %d", len(w.Gate), h, e, h*e)
+	}
+	el := cfg.ExpertsPerRank(world)
+	first := me * el
+	for g := first; g < first+el; g++ {
+		if ex, ok := w.Experts[g]; !ok || ex == nil {
+			bad("expert %d is missing: rank %d owns experts %d..%d", g, me, first, first+el-1)
+		}
+	}
+	ids := make([]int, 0, len(w.Experts))
+	for g := range w.Experts {
+		ids = append(ids, g)
+	}
+	sort.Ints(ids)
+	for _, g := range ids {
+		ex := w.Experts[g]
+		if g < first || g >= first+el {
+			bad("expert %d is not this rank's: rank %d owns experts %d..%d (expert e lives on rank e / (E/W))", g, me, first, first+el-1)
+			continue
+		}
+		if ex == nil {
+			continue
+		}
+		size := func(name string, v []float32, want int) {
+			if len(v) != want {
+				bad("expert %d %s has %d values, want %d", g, name, len(v), want)
+			}
+		}
+		size("W1", ex.W1, h*in)
+		size("W2", ex.W2, in*h)
+		if cfg.FFN == config.FFNSwiGLU {
+			size("Wu", ex.Wu, h*in)
+			if ex.B1 != nil || ex.B2 != nil {
+				bad("expert %d has biases: the swiglu FFN has none", g)
+			}
+		} else {
+			size("B1", ex.B1, in)
+			size("B2", ex.B2, h)
+			if ex.Wu != nil {
+				bad("expert %d has an up projection Wu: only the swiglu FFN has one (ffn is %s)", g, cfg.FFN)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func clone(v []float32) []float32 {
+	if v == nil {
+		return nil
+	}
+	return append([]float32(nil), v...)
 }
 
 // Forward implements backend.Backend.
@@ -76,14 +206,19 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 	if !b.ready || !sameWeights(b.cfg, cfg) {
 		return backend.Timing{}, fmt.Errorf("cpu backend: forward of %v before Prepare", cfg)
 	}
-	if cfg.Tokens > b.cfg.MaxTokens {
-		return backend.Timing{}, fmt.Errorf("cpu backend: tokens %d exceeds max-tokens %d", cfg.Tokens, b.cfg.MaxTokens)
+	return b.run(cfg, b.cfg.MaxTokens, b.gate, b.experts, x)
+}
+
+// run checks the call and runs one forward with the given weights.
+func (b *Backend) run(cfg config.Layer, maxTokens int, gate []float32, experts map[int]*datagen.Expert, x []float32) (backend.Timing, error) {
+	if cfg.Tokens < 0 || cfg.Tokens > maxTokens {
+		return backend.Timing{}, fmt.Errorf("cpu backend: tokens %d: must be in [0, max-tokens %d]", cfg.Tokens, maxTokens)
 	}
 	if len(x) != cfg.Tokens*cfg.Hidden {
 		return backend.Timing{}, fmt.Errorf("cpu backend: x has %d elements, want tokens %d × hidden %d", len(x), cfg.Tokens, cfg.Hidden)
 	}
 	start := time.Now()
-	res, out64, put, err := b.forward(cfg, x)
+	res, out64, put, err := b.forward(cfg, gate, experts, x)
 	if err != nil {
 		return backend.Timing{}, err
 	}
@@ -94,7 +229,7 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 // row is one routed (token, slot) pair on its way to an expert and back.
 const metaWords = 2 // per row: return slot t*k+j, global expert id
 
-func (b *Backend) forward(c config.Layer, x []float32) (*backend.Result, []float64, int64, error) {
+func (b *Backend) forward(c config.Layer, gate []float32, experts map[int]*datagen.Expert, x []float32) (*backend.Result, []float64, int64, error) {
 	w, me := b.comm.Size(), b.comm.Rank()
 	t, h, k := c.Tokens, c.Hidden, c.TopK
 
@@ -109,7 +244,7 @@ func (b *Backend) forward(c config.Layer, x []float32) (*backend.Result, []float
 	probs := make([]float64, c.Experts)
 	for i := range routes {
 		row := x[i*h : (i+1)*h]
-		reference.Logits(row, b.gate, c.Experts, probs)
+		reference.Logits(row, gate, c.Experts, probs)
 		for e, v := range probs {
 			res.Logits[i*c.Experts+e] = float32(v)
 		}
@@ -170,7 +305,7 @@ func (b *Backend) forward(c config.Layer, x []float32) (*backend.Result, []float
 		buf := make([]byte, 0, n*(8+8*h))
 		for r := range n {
 			e := int(m[r*metaWords+1])
-			ex, ok := b.experts[e]
+			ex, ok := experts[e]
 			if !ok {
 				return nil, nil, 0, fmt.Errorf("cpu backend: rank %d sent a row for expert %d, which rank %d does not own", s, e, me)
 			}
@@ -239,7 +374,7 @@ func (b *Backend) Out64() []float64 { return b.out64 }
 
 // Close implements backend.Backend.
 func (b *Backend) Close() error {
-	b.experts, b.gate, b.last, b.ready = nil, nil, nil, false
+	b.experts, b.gate, b.layers, b.last, b.ready = nil, nil, nil, nil, false
 	return nil
 }
 
