@@ -14,7 +14,7 @@ GOFILES  := $(shell find . -name '*.go' -not -path './.venv*' 2>/dev/null)
 # KERNEL_CUBIN, the device-linked cubin.
 include kernels/kernels.mk
 
-.PHONY: all build build-nocubin run test test-go test-e2e lint dist clean
+.PHONY: all build build-nocubin run test lint dist clean capi examples
 
 all: build
 
@@ -38,14 +38,26 @@ run: build
 	    --ffn-hidden 128 --experts 8 --topk 2 --ffn relu,swiglu --verify --iters 5 --warmup 1; \
 	fi
 
+# The C ABI: build/libmoerun.so with capi/moerun.h (cgo's own header is dropped).
+capi:
+	$(GO) build -buildvcs=auto -buildmode=c-shared -tags mpi -ldflags "$(LDFLAGS)" -o build/libmoerun.so ./capi
+	rm -f build/libmoerun.h
+
+# The embedding examples: the Go driver and the C example (mpicc).
+examples: capi
+	$(GO) build -buildvcs=auto -tags mpi -ldflags "$(LDFLAGS)" -o build/driver ./examples/driver
+	mpicc -O2 -std=c11 -Wall -I capi examples/c/moe_example.c -L build -lmoerun -Wl,-rpath,'$$ORIGIN' -lm -o build/moe_example
+
 lint:
 	@out=$$(gofmt -l $(GOFILES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags mpi ./...
 	$(GO) build ./...
 
-test: lint kernels build
-	$(GO) test -count=1 -tags mpi ./...
+# The Python example's test uses the numpy that scripts/setup.sh puts in $(VENV).
+VENV ?= .venv-cuda
+test: lint kernels build examples
+	MOERUN_PYTHON=$(abspath $(VENV))/bin/python $(GO) test -count=1 -tags mpi ./...
 	$(GO) test -count=1 ./...
 
 dist: build

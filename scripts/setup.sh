@@ -25,6 +25,9 @@ if [ ! -x "$VENV/lib/python3"*/site-packages/nvidia/cu13/bin/nvcc ] 2>/dev/null 
   "$VENV/bin/pip" install -q --disable-pip-version-check "${CUDA_PINS[@]}"
 fi
 
+# numpy for the Python embedding example's test (examples/python).
+"$VENV/bin/python" -c "import numpy" 2>/dev/null || "$VENV/bin/pip" install -q --disable-pip-version-check "numpy>=1.26"
+
 command -v go >/dev/null 2>&1 || { echo "setup: Go 1.26 or newer is required (https://go.dev/dl)" >&2; exit 1; }
 go mod download
 echo "setup: ready (mpirun: $(command -v mpirun); nvcc: $(ls "$VENV"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc))"
