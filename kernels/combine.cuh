@@ -18,10 +18,12 @@ __device__ inline bool combine(Ctx& c) {
   const MoeParams& p = c.p;
   const int T = p.tokens, H = p.hidden, k = p.topk, W = p.world;
   if (threadIdx.x == 0) {
+    const uint64_t tw = tracing(c) ? globaltimer() : 0;
     const uint64_t* sig = reinterpret_cast<const uint64_t*>(my_heap(p, p.off_sig_return));
     int ok = 1;
     for (int o = 0; o < W && ok; ++o) ok = wait_sys_geq(c, sig + o, c.seq, MOE_WAIT_RETURN, o);
     c.sh.ok = ok;
+    if (tracing(c)) trace_ev(c, MOE_EV_WAIT_RETURN, tw, globaltimer());
   }
   __syncthreads();
   if (!c.sh.ok) return false;
@@ -56,7 +58,11 @@ __device__ inline bool combine(Ctx& c) {
       if (mine) st4(orow + col, acc);
     }
   }
-  if (threadIdx.x == 0 && blockIdx.x * kWarps < T) c.busy += globaltimer() - t0;
+  if (threadIdx.x == 0 && blockIdx.x * kWarps < T) {
+    const uint64_t t1 = globaltimer();
+    c.busy += t1 - t0;
+    trace_ev(c, MOE_EV_COMBINE, t0, t1, -1, block_warp_items(T));
+  }
   return true;
 }
 

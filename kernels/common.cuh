@@ -25,6 +25,7 @@ static_assert(sizeof(MoeParams) % 8 == 0, "MoeParams padding");
 static_assert(sizeof(MoeStatus) % 8 == 0, "MoeStatus padding");
 static_assert(sizeof(MoeSched) % 8 == 0, "MoeSched padding");
 static_assert(sizeof(MoeRowTile) == 16, "MoeRowTile is 16 bytes");
+static_assert(sizeof(MoeTraceEvent) == 32, "MoeTraceEvent is 32 bytes (two 16-byte stores)");
 
 // Bytes of the shared buffer that phases reuse (GEMM stages, epilogue
 // staging, prefix tables): the block's dynamic shared memory, which the host
@@ -55,6 +56,7 @@ struct Ctx {
   uint64_t busy;   // thread 0: ns spent in task work
   uint64_t bytes;  // thread 0 / lane 0s: payload bytes stored to other PEs
   uint64_t tasks;  // thread 0: GEMM tasks run
+  int tn;          // thread 0: trace events of this block so far (params.trace)
 };
 
 // Storage of the mode: bytes of an element of x, received rows, the
@@ -64,6 +66,10 @@ __device__ __forceinline__ int ret_elem_bytes(const MoeParams& p) { return p.dty
 // Tensor-core modes (tf32, bf16) use the gemm_tc.cuh tiles and the
 // transposed weight layout; fp32 the SIMT tiles of gemm.cuh.
 __device__ __forceinline__ bool tc_mode(const MoeParams& p) { return p.dtype != MOE_DTYPE_FP32; }
+// bf16 mode, MOE_FLAG_LOCAL_GATHER: this rank's own rows stay in x (dispatch.cuh, expert.cuh).
+__device__ __forceinline__ bool local_gather(const MoeParams& p) {
+  return p.dtype == MOE_DTYPE_BF16 && (p.flags & MOE_FLAG_LOCAL_GATHER) != 0;
+}
 
 __device__ __forceinline__ uint32_t dynamic_smem_bytes() {
   uint32_t n;
@@ -95,6 +101,41 @@ __device__ __forceinline__ uint64_t globaltimer() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
+}
+
+// ---- trace (params.trace != 0) --------------------------------------------
+// Thread 0 of a block records its tasks into the block's own trace_cap slots
+// (block-major: no atomics, no reset race); events past trace_cap are
+// counted in tn and not stored; the count goes to trace_counts[block] at exit.
+// Off, an event costs one uniform branch on a kernel parameter.
+__device__ __noinline__ void trace_store(uint64_t base, int cap, int n, int kind, uint64_t t0, uint64_t t1, int src,
+                                         int a, int b, int e) {
+  if (n >= cap) return;
+  uint4* ev = reinterpret_cast<uint4*>(base + (static_cast<uint64_t>(blockIdx.x) * cap + n) * sizeof(MoeTraceEvent));
+  ev[0] = make_uint4(static_cast<uint32_t>(t0), static_cast<uint32_t>(t0 >> 32), static_cast<uint32_t>(t1),
+                     static_cast<uint32_t>(t1 >> 32));
+  ev[1] = make_uint4((static_cast<uint32_t>(kind) & 0xffffu) | (static_cast<uint32_t>(src) << 16),
+                     static_cast<uint32_t>(a), static_cast<uint32_t>(b), static_cast<uint32_t>(e));
+}
+// Thread 0 only. t0: start (%globaltimer), t1: end.
+__device__ __forceinline__ void trace_ev(Ctx& c, int kind, uint64_t t0, uint64_t t1, int src = -1, int a = -1,
+                                         int b = -1, int e = -1) {
+  if (c.p.trace != 0) {
+    trace_store(c.p.trace, c.p.trace_cap, c.tn, kind, t0, t1, src, a, b, e);
+    ++c.tn;
+  }
+}
+__device__ __forceinline__ bool tracing(const Ctx& c) { return c.p.trace != 0; }
+// Items of n that this block's warps take in a loop over i = global warp,
+// step = all warps of the grid (for the trace).
+__device__ __forceinline__ int block_warp_items(int n) {
+  const int nw = gridDim.x * kWarps;
+  int cnt = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    const int gw = blockIdx.x * kWarps + w;
+    if (gw < n) cnt += (n - gw + nw - 1) / nw;
+  }
+  return cnt;
 }
 
 // Loads that see stores of other GPUs (system scope) or other blocks (gpu

@@ -11,6 +11,8 @@
 // tf32 (cvt.rna) on the way, so GEMM0's A operand is exact tf32. Lane 0 also
 // stores the row's return slot t*k+j. Block 0 stores the per-(source, local
 // expert) counts.
+// LOCAL_GATHER (bf16): rows for this rank's own experts are not copied (only
+// their return slots are stored); GEMM0 gathers them from x by token.
 // The dispatch signals follow the next grid barrier (moe_kernel.cu).
 #pragma once
 
@@ -47,7 +49,21 @@ __device__ inline void dispatch(Ctx& c) {
   const bool tf32 = p.dtype == MOE_DTYPE_TF32;
   const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
   uint64_t bytes = 0;
-  for (int g = gwarp; g < total; g += nwarps) {
+  // Rows for this rank's own experts are [l0, l1) of the list. With
+  // LOCAL_GATHER (bf16) GEMM0 reads them from x: only their return slots are
+  // stored here, one row per thread; the warps copy the others.
+  const bool gather = local_gather(p);
+  const int l0 = gather ? pre[p.rank * El] : 0, l1 = gather ? pre[(p.rank + 1) * El] : 0;
+  if (gather) {
+    int* meta = reinterpret_cast<int*>(my_heap(p, p.off_recv_meta)) + static_cast<int64_t>(p.rank) * rps;
+    for (int g = l0 + blockIdx.x * kThreads + threadIdx.x; g < l1; g += gridDim.x * kThreads) {
+      const int e = upper_index(pre, E, g);
+      meta[g - l0] = ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + (g - pre[e]));
+    }
+  }
+  const int ncopy = total - (l1 - l0);
+  for (int q = gwarp; q < ncopy; q += nwarps) {
+    const int g = q < l0 ? q : q + (l1 - l0);
     const int e = upper_index(pre, E, g);
     const int d = e / El;
     const int pos = g - pre[e];
@@ -75,7 +91,11 @@ __device__ inline void dispatch(Ctx& c) {
     }
   }
   if (lane == 0) c.bytes += bytes;
-  if (threadIdx.x == 0 && blockIdx.x * kWarps < total) c.busy += globaltimer() - t0;
+  if (threadIdx.x == 0 && (blockIdx.x * kWarps < ncopy || blockIdx.x * kThreads < l1 - l0)) {
+    const uint64_t t1 = globaltimer();
+    c.busy += t1 - t0;
+    trace_ev(c, MOE_EV_DISPATCH, t0, t1, -1, block_warp_items(ncopy), 0);
+  }
 }
 
 }  // namespace moe

@@ -65,6 +65,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
   MoeRowTile* desc = reinterpret_cast<MoeRowTile*>(p.rt_desc);
   uint64_t arrived = 0;  // bit s: source s decoded (thread 0's view)
   uint64_t t0 = globaltimer();
+  uint64_t tw0 = t0;     // trace: start of this wait
   for (int n = 0; n < W; ++n) {
     if (threadIdx.x == 0) {
       int found = -1;
@@ -87,7 +88,10 @@ __device__ inline bool os_subscribe(Ctx& c) {
         if (ns < 256) ns <<= 1;
       }
       c.sh.bcast[0] = found;
-      if (found >= 0) arrived |= 1ull << found;
+      if (found >= 0) {
+        arrived |= 1ull << found;
+        if (tracing(c)) trace_ev(c, MOE_EV_WAIT_DISPATCH, tw0, globaltimer(), found);
+      }
     }
     __syncthreads();
     const int src = c.sh.bcast[0];
@@ -128,10 +132,13 @@ __device__ inline bool os_subscribe(Ctx& c) {
       __threadfence();
       st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(n + 1));
       if (ntiles == 0) send_signal(c, p.off_sig_return, src);
-      c.busy += globaltimer() - tw;
+      const uint64_t t1 = globaltimer();
+      c.busy += t1 - tw;
+      trace_ev(c, MOE_EV_DECODE, tw, t1, src, ntiles);
     }
     __syncthreads();
     t0 = globaltimer();  // the next source gets a full watchdog period from here
+    tw0 = t0;
   }
   return true;
 }
@@ -340,7 +347,27 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
   g.ncols = min(kW, I - n0);
   g.K = H;
   float acc[4][4][4];
-  tc_gemm_tile<Mma, NB>(g, c.phase, acc);
+  bool gathered = false;
+  if constexpr (!Mma::kTF32) {
+    if (d.src == p.rank && local_gather(p)) {
+      // This rank's own rows were not copied: read them from x by token
+      // (return slot t*k+j / k). Row tid/8 + 32 i of the tile is this
+      // thread's loader row of pass i.
+      const int* meta = reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow;
+      const int lr = threadIdx.x >> 3;
+      int tk[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = lr + kTcRowsPerPass * i;
+        tk[i] = r < d.nrows ? ld_cg(meta + r) / p.topk : 0;
+      }
+      g.a = reinterpret_cast<const T*>(p.x);
+      g.atok = make_int4(tk[0], tk[1], tk[2], tk[3]);
+      tc_gemm_tile<Mma, NB, true>(g, c.phase, acc);
+      gathered = true;
+    }
+  }
+  if (!gathered) tc_gemm_tile<Mma, NB>(g, c.phase, acc);
   float* cs = reinterpret_cast<float*>(c.phase);
   const int op = NB == 2 ? kOpSwiGLU : (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU);
   const float* bias = NB == 1 ? reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0 : nullptr;
@@ -408,7 +435,9 @@ __device__ inline bool process(Ctx& c) {
   int g0_ticket = -1, rt = 0, nt = 0;
   bool g0_done = false;
   for (;;) {
+    uint64_t tq = 0;  // thread 0: when this block asked for its next task (trace)
     if (threadIdx.x == 0) {
+      if (tracing(c)) tq = globaltimer();
       const int type = next_task(c, g0_ticket, g0_done, rt, nt);
       c.sh.bcast[0] = type;
       c.sh.bcast[1] = rt;
@@ -420,6 +449,7 @@ __device__ inline bool process(Ctx& c) {
     if (type == kTaskNone) return false;
     if (type == kTaskExit) return true;
     const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
+    if (threadIdx.x == 0 && tracing(c) && t0 - tq > 1000) trace_ev(c, MOE_EV_WAIT_TASK, tq, t0);
     const int4 dv = __ldcg(reinterpret_cast<const int4*>(desc + trt));
     MoeRowTile d;
     d.src = dv.x; d.le = dv.y; d.row0 = dv.z; d.nrows = dv.w;
@@ -433,8 +463,11 @@ __device__ inline bool process(Ctx& c) {
       run_gemm1(c, d, tnt);
     }
     if (threadIdx.x == 0) {
-      c.busy += globaltimer() - t0;
+      const uint64_t t1 = globaltimer();
+      c.busy += t1 - t0;
       c.tasks += 1;
+      trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, d.src, trt, tnt,
+               p.rank * p.experts_per_rank + d.le);
     }
     __syncthreads();
   }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "gemm.cuh"
+#include "gemm_tc.cuh"
 #include "sync.cuh"
 
 namespace moe {
@@ -57,13 +58,82 @@ __device__ inline void gate_gemm_t(Ctx& c) {
         if (n < g.ncols) dst[static_cast<int64_t>(r) * E + n] = acc[0][i][j];
       }
     }
-    if (threadIdx.x == 0) c.busy += globaltimer() - t0;
+    if (threadIdx.x == 0) {
+      const uint64_t t1 = globaltimer();
+      c.busy += t1 - t0;
+      trace_ev(c, MOE_EV_GATE, t0, t1, -1, mt, nt, split);
+    }
+  }
+}
+
+// The gate on bf16 tensor cores (bf16 mode, MOE_FLAG_GATE_TC). gate_t holds,
+// for each group of kGateGroup experts, 3 x kGateGroup rows of H bf16: the
+// pieces p1 = bf16(w), p2 = bf16(w - p1), p3 = bf16(w - p1 - p2) of the
+// group's gate columns (the host splits them; zero rows past E). One task =
+// 128 tokens x one group x H / ksplit of K: the tensor-core tile (96 of its
+// 128 B rows used) gives x.p1, x.p2, x.p3 side by side; every product is
+// exact in fp32 (bf16 x bf16) and the accumulation is fp32, so the partial
+// logit (x.p1 + x.p2) + x.p3 has fp32 accuracy. Partials go to
+// logits_part[split], summed in split order by gate_topk, as for the SIMT gate.
+constexpr int kGateGroup = MOE_GATE_TC_GROUP;
+static_assert(MOE_GATE_TC_ROWS == 3 * kGateGroup && MOE_GATE_TC_ROWS <= kTcTileN, "gate pieces fit one B tile");
+
+__device__ __forceinline__ bool gate_tc(const MoeParams& p) {
+  return p.dtype == MOE_DTYPE_BF16 && (p.flags & MOE_FLAG_GATE_TC) != 0;
+}
+
+__device__ inline void gate_gemm_tc(Ctx& c) {
+  const MoeParams& p = c.p;
+  const int T = p.tokens, E = p.experts, H = p.hidden, ks = p.gate_ksplit;
+  const int mt_n = (T + kTcTileM - 1) / kTcTileM, nt_n = (E + kGateGroup - 1) / kGateGroup;
+  const int tiles = mt_n * nt_n * ks;
+  const int kc = H / ks;
+  const __nv_bfloat16* x = reinterpret_cast<const __nv_bfloat16*>(p.x);
+  const __nv_bfloat16* gt = reinterpret_cast<const __nv_bfloat16*>(p.gate_t);
+  float* part = reinterpret_cast<float*>(p.logits_part);
+  float* cs = reinterpret_cast<float*>(c.phase);
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
+    const int split = tile % ks;
+    const int nt = (tile / ks) % nt_n;
+    const int mt = tile / (ks * nt_n);
+    TcArgs<1> g;
+    g.a = x + static_cast<int64_t>(mt) * kTcTileM * H + static_cast<int64_t>(split) * kc;
+    g.lda = H;
+    g.mrows = min(kTcTileM, T - mt * kTcTileM);
+    g.b[0] = gt + static_cast<int64_t>(nt) * MOE_GATE_TC_ROWS * H + static_cast<int64_t>(split) * kc;
+    g.ldb = H;
+    g.ncols = MOE_GATE_TC_ROWS;
+    g.K = kc;
+    float acc[4][4][4];
+    tc_gemm_tile<MmaBF16, 1>(g, c.phase, acc);
+    tc_stage<1>(acc, cs, kOpNone, nullptr, MOE_GATE_TC_ROWS);
+    __syncthreads();
+    const int e0 = nt * kGateGroup, ne = min(kGateGroup, E - e0);
+    float* dst = part + (static_cast<int64_t>(split) * p.max_tokens + static_cast<int64_t>(mt) * kTcTileM) * E + e0;
+    for (int i = threadIdx.x; i < g.mrows * kGateGroup; i += kThreads) {
+      const int r = i / kGateGroup, e = i % kGateGroup;
+      if (e < ne) {
+        const float* row = cs + r * kTcCsStride;
+        dst[static_cast<int64_t>(r) * E + e] = (row[e] + row[kGateGroup + e]) + row[2 * kGateGroup + e];
+      }
+    }
+    __syncthreads();  // cs is the next tile's stage buffer
+    if (threadIdx.x == 0) {
+      const uint64_t t1 = globaltimer();
+      c.busy += t1 - t0;
+      trace_ev(c, MOE_EV_GATE, t0, t1, -1, mt, nt, split);
+    }
   }
 }
 
 __device__ inline void gate_gemm(Ctx& c) {
   if (c.p.dtype == MOE_DTYPE_BF16) {
-    gate_gemm_t<__nv_bfloat16>(c);
+    if (gate_tc(c.p)) {
+      gate_gemm_tc(c);
+    } else {
+      gate_gemm_t<__nv_bfloat16>(c);
+    }
   } else {
     gate_gemm_t<float>(c);
   }
@@ -152,7 +222,11 @@ __device__ inline void gate_topk(Ctx& c) {
       for (int j = 0; j < k; ++j) tw[t * k + j] = tw[t * k + j] / psum;
     }
   }
-  if (threadIdx.x == 0 && worked) c.busy += globaltimer() - t0;
+  if (threadIdx.x == 0 && worked) {
+    const uint64_t t1 = globaltimer();
+    c.busy += t1 - t0;
+    trace_ev(c, MOE_EV_TOPK, t0, t1, -1, block_warp_items(T));
+  }
 }
 
 }  // namespace moe

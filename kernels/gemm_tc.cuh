@@ -60,6 +60,7 @@ static_assert(kTcStages >= 2, "cp.async pipeline needs at least 2 stages");
 static_assert(kTcTileM * kTcCsStride * 4 <= kTcMainBytes, "the staged output tile fits the stage buffers");
 static_assert(kTcMainBytes + kTcTileM * 4 <= kPhaseBytes, "stages and row slots fit the phase buffer");
 static_assert(kTcPasses * kTcRowsPerPass == kTcTileM && kTcTileN == kTcTileM, "loader covers A and B");
+static_assert(kTcPasses == 4, "TcArgs::atok holds one row per loader pass");
 
 // ---- PTX wrappers ----------------------------------------------------------
 
@@ -129,12 +130,18 @@ struct TcArgs {
   int64_t ldb;
   int ncols;
   int K;
+  // kGather only: the A rows (indices into a, rows lda apart) of this
+  // thread's loader rows tid/8 + 32 i, i = 0..3 (x, y, z, w); rows past
+  // mrows are never read.
+  int4 atok;
 };
 
 // acc[mi][j][e]: warp (wm, wn), row wm*64 + mi*16 + lane/4 (+8 for e >= 2),
 // B row wn*32 + j*8 + 2*(lane%4) + (e & 1). On return all cp.async groups have
 // completed and the block has synchronised: the caller may reuse smem.
-template <class Mma, int NB>
+// kGather: A row r of the tile is row atok(r) of a (one 16-byte chunk per
+// cp.async as always; LOCAL_GATHER reads the rank's own rows from x so).
+template <class Mma, int NB, bool kGather = false>
 __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[4][4][4]) {
   using T = typename Mma::T;
   constexpr int kEs = static_cast<int>(sizeof(T));
@@ -169,6 +176,9 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
     bcol0 = lr & 15;
     bcolstep = 16;
   }
+  const char* abase = static_cast<const char*>(g.a) + lc * 16;  // kGather
+  const int64_t arowb = g.lda * kEs;
+  const int atok[4] = {g.atok.x, g.atok.y, g.atok.z, g.atok.w};
   const char* afall = static_cast<const char*>(g.a);     // never read (src-size 0)
   const char* bfall = static_cast<const char*>(g.b[0]);
   auto load = [&](int stage, int kt) {
@@ -177,7 +187,8 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
 #pragma unroll
     for (int i = 0; i < kTcPasses; ++i) {
       const bool va = lr + kTcRowsPerPass * i < g.mrows;
-      cp_async16(s + i * kTcRowsPerPass * kTcKBytes, va ? asrc + i * astep + koff : afall, va);
+      const char* ai = kGather ? abase + static_cast<int64_t>(atok[i]) * arowb : asrc + i * astep;
+      cp_async16(s + i * kTcRowsPerPass * kTcKBytes, va ? ai + koff : afall, va);
       const bool vb = bcol0 + bcolstep * i < g.ncols;
       cp_async16(s + (kTcTileM + i * kTcRowsPerPass) * kTcKBytes, vb ? bsrc + i * bstep + koff : bfall, vb);
     }

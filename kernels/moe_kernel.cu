@@ -4,16 +4,20 @@
 // SMs, every block resident. Phases:
 //   0  start: check params, read the launch's sequence number, map peers'
 //      heaps (nvshmem_ptr), reset this launch's scheduler state
-//   1  gate GEMM tiles (logits partials)                         | barrier
+//   1  gate GEMM tiles (logits partials; bf16: on tensor cores)  | barrier
 //   2  softmax + top-k, one warp per token                       | barrier
 //   3  route: per-expert pair lists in token order, capacity     | barrier
-//   4  dispatch: kept rows into the owners' heaps                | barrier
+//   4  dispatch: kept rows into the owners' heaps (bf16: not the | barrier
+//      rank's own rows, which GEMM0 reads from x)
 //      then block 0 sends each owner its dispatch signal (seq)
 //   5  experts: the OS block subscribes to the W dispatch signals and
 //      publishes row tiles as sources arrive; processors run GEMM0 tasks of
 //      any arrived source and GEMM1 tasks of any completed row tile; each
 //      source's last GEMM1 task sends that source its return signal
 //   6  combine: wait for the W return signals, weighted sum per token
+// With params.trace set, thread 0 of every block stamps each task
+// (%globaltimer, start and end) into the block's slots of the trace buffer
+// (common.cuh trace_ev; kinds MOE_EV_* in params.h).
 // Nothing of a launch lives on the host: the sequence number is a counter in
 // the heap that the kernel advances itself (a launch can be captured in a
 // CUDA graph and replayed).
@@ -51,6 +55,8 @@ __device__ inline bool params_ok(const MoeParams& p) {
                       p.hidden % MOE_SHAPE_MULTIPLE == 0 && p.ffn_hidden % MOE_SHAPE_MULTIPLE == 0 &&
                       p.gate_ksplit >= 1 && p.gate_ksplit <= MOE_GATE_MAX_SPLIT &&
                       p.hidden % (p.gate_ksplit * kTileK) == 0 &&
+                      (!gate_tc(p) || (p.hidden % (p.gate_ksplit * (kTcKBytes / 2)) == 0 && p.gate_t != 0)) &&
+                      (p.trace == 0 || (p.trace_cap >= 0 && p.trace_counts != 0)) &&
                       p.rows_per_source == p.max_tokens * min(p.topk, p.experts_per_rank);
   const bool modes = p.ffn >= MOE_FFN_RELU && p.ffn <= MOE_FFN_SWIGLU && p.dtype >= MOE_DTYPE_FP32 &&
                      p.dtype <= MOE_DTYPE_BF16 && (p.route == MOE_ROUTE_SOFTMAX || p.route == MOE_ROUTE_SKEW);
@@ -91,21 +97,22 @@ __device__ inline void reset_launch_state(Ctx& c) {
 }
 
 // Phases 1-6; false after an abort (the caller still records its figures).
-__device__ inline bool run(Ctx& c) {
+__device__ inline bool run(Ctx& c, uint64_t t_entry) {
   const MoeParams& p = c.p;
   reset_launch_state(c);
+  if (threadIdx.x == 0 && tracing(c)) trace_ev(c, MOE_EV_SETUP, t_entry, globaltimer());
   gate_gemm(c);
-  if (!grid_sync(c)) return false;
+  if (!grid_sync(c, 1)) return false;
   // Every block has read the old counter before arriving at the barrier.
   if (blockIdx.x == 0 && threadIdx.x == 0) {
     *reinterpret_cast<volatile uint64_t*>(my_heap(p, p.off_seq)) = c.seq;
   }
   gate_topk(c);
-  if (!grid_sync(c)) return false;
+  if (!grid_sync(c, 2)) return false;
   route(c);
-  if (!grid_sync(c)) return false;
+  if (!grid_sync(c, 3)) return false;
   dispatch(c);
-  if (!grid_sync(c)) return false;
+  if (!grid_sync(c, 4)) return false;
   if (blockIdx.x == 0 && threadIdx.x < p.world) {
     const int d = threadIdx.x;
     const bool withhold = p.debug_withhold_peer == p.rank && d == (p.rank + 1) % p.world;
@@ -124,6 +131,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
   using namespace moe;
   __shared__ Shared sh;
   extern __shared__ __align__(128) unsigned char moe_phase[];
+  const uint64_t t_entry = p.trace != 0 && threadIdx.x == 0 ? globaltimer() : 0;
   if (!params_ok(p)) {
     if (blockIdx.x == 0 && threadIdx.x == 0 && p.heap_base != 0) {
       record_status(p, 0, MOE_STATUS_BAD_PARAMS, MOE_WAIT_NONE, -1, 0, 0, 0);
@@ -139,14 +147,15 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
         reinterpret_cast<uint64_t>(nvshmem_ptr(reinterpret_cast<const void*>(p.heap_base), threadIdx.x));
   }
   __syncthreads();
-  Ctx c{p, sh, moe_phase, sh.seq, 0, 0, 0};
+  Ctx c{p, sh, moe_phase, sh.seq, 0, 0, 0, 0};
   for (int pe = 0; pe < p.world; ++pe) {
     if (sh.peer_base[pe] == 0) {  // same answer in every block: all leave here
       if (blockIdx.x == 0 && threadIdx.x == 0) record_status(p, c.seq, MOE_STATUS_NOT_P2P, MOE_WAIT_NONE, pe, 0, 0, 0);
       return;
     }
   }
-  run(c);
+  run(c, t_entry);
+  if (threadIdx.x == 0 && p.trace != 0) reinterpret_cast<uint32_t*>(p.trace_counts)[blockIdx.x] = static_cast<uint32_t>(c.tn);
   MoeStatus* st = status_of(p);
   if (c.bytes != 0) atomicAdd(reinterpret_cast<unsigned long long*>(&st->bytes_put), c.bytes);
   if (threadIdx.x == 0) {

@@ -12,7 +12,7 @@ import "unsafe"
 
 // Constants shared with params.h (TestConstantsMatchParamsH compares them).
 const (
-	ABIVersion = 2 // MOE_ABI_VERSION
+	ABIVersion = 3 // MOE_ABI_VERSION
 
 	Threads  = 256 // MOE_THREADS: threads per block
 	TileM    = 64  // MOE_TILE_M: rows (tokens) per fp32 GEMM tile; the smallest row tile of any mode
@@ -56,6 +56,28 @@ const (
 	WaitBarrier  = 3 // MOE_WAIT_BARRIER
 	WaitTask     = 4 // MOE_WAIT_TASK
 	WaitSlot     = 5 // MOE_WAIT_SLOT
+
+	FlagGateTC      = 1 // MOE_FLAG_GATE_TC: bf16 gate GEMM on tensor cores (three bf16 pieces of the gate weights)
+	FlagLocalGather = 2 // MOE_FLAG_LOCAL_GATHER: bf16 GEMM0 reads this rank's own rows from x (no dispatch copy)
+	FlagsDefault    = 3 // MOE_FLAGS_DEFAULT
+
+	GateTCGroup = 32 // MOE_GATE_TC_GROUP: experts per column group of the tensor-core gate
+	GateTCRows  = 96 // MOE_GATE_TC_ROWS: rows of gate_t per group (3 pieces x 32)
+
+	EvSetup        = 0  // MOE_EV_SETUP
+	EvGate         = 1  // MOE_EV_GATE
+	EvTopK         = 2  // MOE_EV_TOPK
+	EvRoute        = 3  // MOE_EV_ROUTE
+	EvDispatch     = 4  // MOE_EV_DISPATCH
+	EvGEMM0        = 5  // MOE_EV_GEMM0
+	EvGEMM1        = 6  // MOE_EV_GEMM1
+	EvCombine      = 7  // MOE_EV_COMBINE
+	EvBarrier      = 8  // MOE_EV_BARRIER
+	EvWaitDispatch = 9  // MOE_EV_WAIT_DISPATCH
+	EvWaitReturn   = 10 // MOE_EV_WAIT_RETURN
+	EvDecode       = 11 // MOE_EV_DECODE
+	EvWaitTask     = 12 // MOE_EV_WAIT_TASK
+	EvKinds        = 13 // MOE_EV_KINDS
 )
 
 // Names of the kernel and of the globals the host reads from the module.
@@ -69,26 +91,27 @@ const (
 
 // Params mirrors MoeParams: the kernel's only argument, by value.
 type Params struct {
-	Tokens            int32    `c:"tokens"`
-	MaxTokens         int32    `c:"max_tokens"`
-	Hidden            int32    `c:"hidden"`
-	FFNHidden         int32    `c:"ffn_hidden"`
-	Experts           int32    `c:"experts"`
-	TopK              int32    `c:"topk"`
-	World             int32    `c:"world"`
-	Rank              int32    `c:"rank"`
-	ExpertsPerRank    int32    `c:"experts_per_rank"`
-	RowsPerSource     int32    `c:"rows_per_source"`
-	Capacity          int32    `c:"capacity"`
-	FFN               int32    `c:"ffn"`
-	DType             int32    `c:"dtype"`
-	Route             int32    `c:"route"`
-	Renormalize       int32    `c:"renormalize"`
-	GateKSplit        int32    `c:"gate_ksplit"`
-	DebugWithholdPeer int32    `c:"debug_withhold_peer"`
-	MaxRowTiles       int32    `c:"max_row_tiles"`
-	Pad0              [2]int32 `c:"_pad0"`
-	WatchdogNs        uint64   `c:"watchdog_ns"`
+	Tokens            int32  `c:"tokens"`
+	MaxTokens         int32  `c:"max_tokens"`
+	Hidden            int32  `c:"hidden"`
+	FFNHidden         int32  `c:"ffn_hidden"`
+	Experts           int32  `c:"experts"`
+	TopK              int32  `c:"topk"`
+	World             int32  `c:"world"`
+	Rank              int32  `c:"rank"`
+	ExpertsPerRank    int32  `c:"experts_per_rank"`
+	RowsPerSource     int32  `c:"rows_per_source"`
+	Capacity          int32  `c:"capacity"`
+	FFN               int32  `c:"ffn"`
+	DType             int32  `c:"dtype"`
+	Route             int32  `c:"route"`
+	Renormalize       int32  `c:"renormalize"`
+	GateKSplit        int32  `c:"gate_ksplit"`
+	DebugWithholdPeer int32  `c:"debug_withhold_peer"`
+	MaxRowTiles       int32  `c:"max_row_tiles"`
+	TraceCap          int32  `c:"trace_cap"`
+	Flags             int32  `c:"flags"`
+	WatchdogNs        uint64 `c:"watchdog_ns"`
 
 	HeapBase       uint64 `c:"heap_base"`
 	OffRecvRows    uint64 `c:"off_recv_rows"`
@@ -100,25 +123,28 @@ type Params struct {
 	OffSeq         uint64 `c:"off_seq"`
 	OffStatus      uint64 `c:"off_status"`
 
-	X          uint64 `c:"x"`
-	Out        uint64 `c:"out"`
-	Logits     uint64 `c:"logits"`
-	LogitsPart uint64 `c:"logits_part"`
-	TopKIdx    uint64 `c:"topk_idx"`
-	TopKW      uint64 `c:"topk_w"`
-	GateW      uint64 `c:"gate_w"`
-	W1         uint64 `c:"w1"`
-	B1         uint64 `c:"b1"`
-	W2         uint64 `c:"w2"`
-	B2         uint64 `c:"b2"`
-	Wu         uint64 `c:"wu"`
-	Inter      uint64 `c:"inter"`
-	RouteList  uint64 `c:"route_list"`
-	RouteCount uint64 `c:"route_count"`
-	Sched      uint64 `c:"sched"`
-	RTDesc     uint64 `c:"rt_desc"`
-	TileDone   uint64 `c:"tile_done"`
-	G1List     uint64 `c:"g1_list"`
+	X           uint64 `c:"x"`
+	Out         uint64 `c:"out"`
+	Logits      uint64 `c:"logits"`
+	LogitsPart  uint64 `c:"logits_part"`
+	TopKIdx     uint64 `c:"topk_idx"`
+	TopKW       uint64 `c:"topk_w"`
+	GateW       uint64 `c:"gate_w"`
+	W1          uint64 `c:"w1"`
+	B1          uint64 `c:"b1"`
+	W2          uint64 `c:"w2"`
+	B2          uint64 `c:"b2"`
+	Wu          uint64 `c:"wu"`
+	Inter       uint64 `c:"inter"`
+	RouteList   uint64 `c:"route_list"`
+	RouteCount  uint64 `c:"route_count"`
+	Sched       uint64 `c:"sched"`
+	RTDesc      uint64 `c:"rt_desc"`
+	TileDone    uint64 `c:"tile_done"`
+	G1List      uint64 `c:"g1_list"`
+	GateT       uint64 `c:"gate_t"`
+	Trace       uint64 `c:"trace"`
+	TraceCounts uint64 `c:"trace_counts"`
 }
 
 // Status mirrors MoeStatus, the block the kernel reports through.
@@ -179,6 +205,27 @@ type TileTest struct {
 	Status uint64 `c:"status"`
 }
 
+// TraceEvent mirrors MoeTraceEvent: one traced task of one block.
+type TraceEvent struct {
+	Start uint64 `c:"start"`
+	End   uint64 `c:"end"`
+	Kind  int16  `c:"kind"`
+	Src   int16  `c:"src"`
+	A     int32  `c:"a"`
+	B     int32  `c:"b"`
+	E     int32  `c:"e"`
+}
+
+// TraceEventsFromBytes decodes n events read back from the device.
+func TraceEventsFromBytes(b []byte) []TraceEvent {
+	n := len(b) / int(TraceEventSize)
+	out := make([]TraceEvent, n)
+	if n > 0 {
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), n*int(TraceEventSize)), b)
+	}
+	return out
+}
+
 // Bytes is t exactly as the debug entry reads its argument.
 func (t *TileTest) Bytes() []byte {
 	b := make([]byte, TileTestSize)
@@ -188,11 +235,12 @@ func (t *TileTest) Bytes() []byte {
 
 // Sizes of the mirrored structs in bytes.
 const (
-	ParamsSize   = unsafe.Sizeof(Params{})
-	StatusSize   = unsafe.Sizeof(Status{})
-	RowTileSize  = unsafe.Sizeof(RowTile{})
-	SchedSize    = unsafe.Sizeof(Sched{})
-	TileTestSize = unsafe.Sizeof(TileTest{})
+	ParamsSize     = unsafe.Sizeof(Params{})
+	StatusSize     = unsafe.Sizeof(Status{})
+	RowTileSize    = unsafe.Sizeof(RowTile{})
+	SchedSize      = unsafe.Sizeof(Sched{})
+	TileTestSize   = unsafe.Sizeof(TileTest{})
+	TraceEventSize = unsafe.Sizeof(TraceEvent{})
 )
 
 // Bytes is p exactly as the kernel reads its argument (little-endian, the

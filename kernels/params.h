@@ -17,7 +17,7 @@
 
 /* Bumped whenever a struct or constant below changes meaning; the kernel
  * exports it (moerun_abi_version) and the host refuses a cubin that differs. */
-#define MOE_ABI_VERSION 2
+#define MOE_ABI_VERSION 3
 
 /* Block shape and tiles. The host needs kThreads (launch), the tile sizes
  * (task counts, row-tile bounds of the heap plan) and the limits. */
@@ -84,6 +84,41 @@
 #define MOE_WAIT_TASK 4     /* processor waiting for work (backstop) */
 #define MOE_WAIT_SLOT 5     /* processor waiting for a GEMM1 queue slot */
 
+/* MoeParams.flags: switches of the serial phases (the host sets
+ * MOE_FLAGS_DEFAULT; the old paths stay for comparison and as fallbacks).
+ * GATE_TC: bf16 mode only: the gate GEMM on bf16 tensor cores against the
+ *   gate weights split in three bf16 pieces (gate_t), fp32 accumulate: x is
+ *   exact in bf16 and every product exact in fp32, so the logits keep fp32
+ *   accuracy. Without it (and in fp32/tf32 mode): the fp32 SIMT gate.
+ * LOCAL_GATHER: bf16 mode only: rows routed to this rank's own experts are
+ *   not copied by the dispatch; GEMM0 reads them from x by token (the same
+ *   bytes, so the results are bitwise those of the copy). */
+#define MOE_FLAG_GATE_TC 1
+#define MOE_FLAG_LOCAL_GATHER 2
+#define MOE_FLAGS_DEFAULT 3
+
+/* Gate of the GATE_TC path: experts per column group; gate_t holds, per
+ * group, MOE_GATE_TC_ROWS = 3 x MOE_GATE_TC_GROUP rows of H bf16 (the three
+ * pieces of the group's gate columns, zero past E). */
+#define MOE_GATE_TC_GROUP 32
+#define MOE_GATE_TC_ROWS 96
+
+/* MoeTraceEvent.kind: what a block did (params.trace != 0 only). */
+#define MOE_EV_SETUP 0        /* kernel entry to the start of phase 1 (params, peers, reset) */
+#define MOE_EV_GATE 1         /* one gate tile: a = token tile, b = expert tile, e = K split */
+#define MOE_EV_TOPK 2         /* the block's softmax/top-k tokens: a = tokens */
+#define MOE_EV_ROUTE 3        /* one expert's route scan: a = expert, b = kept pairs */
+#define MOE_EV_DISPATCH 4     /* the block's dispatch: a = rows copied by its warps */
+#define MOE_EV_GEMM0 5        /* one GEMM0 task: src, a = row tile, b = column tile, e = expert */
+#define MOE_EV_GEMM1 6        /* one GEMM1 task: src, a = row tile, b = column tile, e = expert */
+#define MOE_EV_COMBINE 7      /* the block's combine tokens: a = tokens */
+#define MOE_EV_BARRIER 8      /* grid barrier, arrival to release: a = barrier number (1..) */
+#define MOE_EV_WAIT_DISPATCH 9 /* OS block waiting for a dispatch signal: src = the source that came */
+#define MOE_EV_WAIT_RETURN 10  /* waiting for the W return signals before combine */
+#define MOE_EV_DECODE 11      /* OS block decoding a source's counts: src, a = row tiles */
+#define MOE_EV_WAIT_TASK 12   /* processor waiting >= 1 us for its next task (starved) */
+#define MOE_EV_KINDS 13
+
 /* The kernel's only argument, passed by value. */
 typedef struct MoeParams {
     /* shapes of this call */
@@ -105,7 +140,8 @@ typedef struct MoeParams {
     int32_t gate_ksplit;      /* K split of the gate GEMM, 1..MOE_GATE_MAX_SPLIT */
     int32_t debug_withhold_peer; /* -1, or the rank that withholds its dispatch signal to rank+1 */
     int32_t max_row_tiles;    /* capacity of rt_desc / tile_done / g1_list */
-    int32_t _pad0[2];
+    int32_t trace_cap;        /* trace events per block (trace != 0) */
+    int32_t flags;            /* MOE_FLAG_* */
     uint64_t watchdog_ns;     /* bound of every spin-wait */
 
     /* symmetric heap: local address of its base, and byte offsets in it */
@@ -139,6 +175,9 @@ typedef struct MoeParams {
     uint64_t rt_desc;     /* [max_row_tiles] MoeRowTile */
     uint64_t tile_done;   /* [max_row_tiles] u32: GEMM0 tiles done per row tile */
     uint64_t g1_list;     /* [max_row_tiles] u32: row tile + 1, in GEMM0 completion order */
+    uint64_t gate_t;      /* bf16 [ceil(E/32)][96][H]: gate pieces (flags & GATE_TC, bf16), else 0 */
+    uint64_t trace;       /* 0: no trace; else [grid][trace_cap] MoeTraceEvent, block-major */
+    uint64_t trace_counts;/* [grid] u32: events each block recorded, dropped ones included */
 } MoeParams;
 
 /* Status block (in the symmetric heap at off_status; the host reads it after
@@ -208,5 +247,18 @@ typedef struct MoeTileTest {
     uint64_t out;    /* [MOE_TC_TILE_M][128] f32 */
     uint64_t status; /* u32 */
 } MoeTileTest;
+
+/* One traced task (params.trace): %globaltimer ns at its start and end.
+ * Written by thread 0 of the block that ran it, into the block's own
+ * trace_cap slots; events past trace_cap are counted, not stored. */
+typedef struct MoeTraceEvent {
+    uint64_t start;
+    uint64_t end;
+    int16_t kind;  /* MOE_EV_* */
+    int16_t src;   /* source / peer rank, or -1 */
+    int32_t a;     /* see MOE_EV_*, or -1 */
+    int32_t b;
+    int32_t e;
+} MoeTraceEvent;
 
 #endif /* MOERUN_PARAMS_H */

@@ -12,11 +12,12 @@ import (
 
 // mirrors pairs each C struct of params.h with its Go mirror.
 var mirrors = map[string]reflect.Type{
-	"MoeParams":   reflect.TypeOf(Params{}),
-	"MoeStatus":   reflect.TypeOf(Status{}),
-	"MoeRowTile":  reflect.TypeOf(RowTile{}),
-	"MoeSched":    reflect.TypeOf(Sched{}),
-	"MoeTileTest": reflect.TypeOf(TileTest{}),
+	"MoeParams":     reflect.TypeOf(Params{}),
+	"MoeStatus":     reflect.TypeOf(Status{}),
+	"MoeRowTile":    reflect.TypeOf(RowTile{}),
+	"MoeSched":      reflect.TypeOf(Sched{}),
+	"MoeTileTest":   reflect.TypeOf(TileTest{}),
+	"MoeTraceEvent": reflect.TypeOf(TraceEvent{}),
 }
 
 // cFields lists the fields of each struct declared in params.h, in order,
@@ -111,6 +112,12 @@ func TestConstantsMatchParamsH(t *testing.T) {
 		"MOE_STATUS_BAD_PARAMS": StatusBadParams,
 		"MOE_WAIT_NONE":         WaitNone, "MOE_WAIT_DISPATCH": WaitDispatch, "MOE_WAIT_RETURN": WaitReturn,
 		"MOE_WAIT_BARRIER": WaitBarrier, "MOE_WAIT_TASK": WaitTask, "MOE_WAIT_SLOT": WaitSlot,
+		"MOE_FLAG_GATE_TC": FlagGateTC, "MOE_FLAG_LOCAL_GATHER": FlagLocalGather, "MOE_FLAGS_DEFAULT": FlagsDefault,
+		"MOE_GATE_TC_GROUP": GateTCGroup, "MOE_GATE_TC_ROWS": GateTCRows,
+		"MOE_EV_SETUP": EvSetup, "MOE_EV_GATE": EvGate, "MOE_EV_TOPK": EvTopK, "MOE_EV_ROUTE": EvRoute,
+		"MOE_EV_DISPATCH": EvDispatch, "MOE_EV_GEMM0": EvGEMM0, "MOE_EV_GEMM1": EvGEMM1, "MOE_EV_COMBINE": EvCombine,
+		"MOE_EV_BARRIER": EvBarrier, "MOE_EV_WAIT_DISPATCH": EvWaitDispatch, "MOE_EV_WAIT_RETURN": EvWaitReturn,
+		"MOE_EV_DECODE": EvDecode, "MOE_EV_WAIT_TASK": EvWaitTask, "MOE_EV_KINDS": EvKinds,
 	}
 	c := cparams.Consts()
 	for name, v := range c {
@@ -139,7 +146,8 @@ func TestParamsBytes(t *testing.T) {
 	if b[0] != 7 {
 		t.Errorf("tokens: first byte %d, want 7 (little-endian)", b[0])
 	}
-	off := reflect.TypeOf(p).Field(19).Offset
+	wf, _ := reflect.TypeOf(p).FieldByName("WatchdogNs")
+	off := wf.Offset
 	if b[off] != 8 || b[off+7] != 1 {
 		t.Errorf("watchdog_ns bytes % x", b[off:off+8])
 	}

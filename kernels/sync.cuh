@@ -72,10 +72,12 @@ __device__ inline bool wait_sys_geq(const Ctx& c, const uint64_t* flag, uint64_t
 // barriers with the same grid), so it is never reset. Before arriving, each
 // block orders all of its earlier stores, remote ones included, at system
 // scope. Returns false after an abort.
-__device__ inline bool grid_sync(Ctx& c) {
+// idx numbers the barrier (1..) in the trace.
+__device__ inline bool grid_sync(Ctx& c, int idx) {
   __syncthreads();
   if (threadIdx.x == 0) {
     int ok = 1;
+    const uint64_t ta = tracing(c) ? globaltimer() : 0;
     __threadfence_system();
     MoeSched* s = sched_of(c.p);
     const unsigned long long nb = gridDim.x;
@@ -91,6 +93,7 @@ __device__ inline bool grid_sync(Ctx& c) {
       }
       __nanosleep(20);
     }
+    if (tracing(c)) trace_ev(c, MOE_EV_BARRIER, ta, globaltimer(), -1, idx);
     c.sh.ok = ok;
   }
   __syncthreads();

@@ -86,6 +86,7 @@ type Layout struct {
 	TileDone   Region // [MaxRowTiles] u32
 	G1List     Region // [MaxRowTiles] u32
 	GateW      Region // [H][E] f32
+	GateT      Region // bf16 only: [ceil(E/32)][96][H] bf16, the gate split in three bf16 pieces (the tensor-core gate)
 	W1         Region // ElemSize; relu/gelu W1, swiglu Wg: fp32 [E/W][H][I], tf32/bf16 transposed [E/W][I][H]
 	B1         Region // [E/W][I] f32 (relu/gelu only)
 	W2         Region // ElemSize; fp32 [E/W][I][H], tf32/bf16 transposed [E/W][H][I]
@@ -168,6 +169,10 @@ func Plan(cfg config.Layer, world int) (Layout, error) {
 	p.TileDone = loc.add("tile_done", u(p.MaxRowTiles)*4)
 	p.G1List = loc.add("g1_list", u(p.MaxRowTiles)*4)
 	p.GateW = loc.add("gate_w", h*e*4)
+	if cfg.DType == config.BF16 {
+		groups := u(ceilDiv(cfg.Experts, kernels.GateTCGroup))
+		p.GateT = loc.add("gate_t", groups*kernels.GateTCRows*h*2)
+	}
 	p.W1 = loc.add("w1", lel*h*i*es)
 	p.W2 = loc.add("w2", lel*i*h*es)
 	if cfg.FFN == config.FFNSwiGLU {
@@ -196,7 +201,7 @@ func (p Layout) SymRegions() []Region {
 // LocalRegions lists the local regions that exist (size > 0 or planned), in address order.
 func (p Layout) LocalRegions() []Region {
 	all := []Region{p.X, p.Out, p.Logits, p.LogitsPart, p.TopKIdx, p.TopKW, p.RouteList, p.RouteCount,
-		p.Inter, p.Sched, p.RTDesc, p.TileDone, p.G1List, p.GateW, p.W1, p.W2, p.Wu, p.B1, p.B2}
+		p.Inter, p.Sched, p.RTDesc, p.TileDone, p.G1List, p.GateW, p.GateT, p.W1, p.W2, p.Wu, p.B1, p.B2}
 	out := all[:0:0]
 	for _, r := range all {
 		if r.Name != "" {
@@ -218,7 +223,7 @@ func Addr(base uint64, r Region) uint64 {
 func (p Layout) String() string {
 	return fmt.Sprintf("symmetric %s (recv %s, return %s), local %s (intermediate %s, weights %s)",
 		Bytes(p.SymTotal), Bytes(p.RecvRows.Size), Bytes(p.RetRows.Size), Bytes(p.LocalTotal),
-		Bytes(p.Inter.Size), Bytes(p.GateW.Size+p.W1.Size+p.W2.Size+p.Wu.Size+p.B1.Size+p.B2.Size))
+		Bytes(p.Inter.Size), Bytes(p.GateW.Size+p.GateT.Size+p.W1.Size+p.W2.Size+p.Wu.Size+p.B1.Size+p.B2.Size))
 }
 
 // Bytes formats a byte count with a binary unit.
@@ -249,3 +254,27 @@ func alignUp(n, a uint64) uint64 { return (n + a - 1) / a * a }
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
 func u(n int) uint64 { return uint64(n) }
+
+// TraceEvents is the capacity of the kernel's trace buffer for a forward of
+// this layout on a grid of grid blocks, per block: twice a block's fair share
+// of the most tasks a forward can have (gate tiles, route scans, GEMM tasks of
+// every row tile the plan allows) plus room for the per-block events
+// (setup, top-k, dispatch, barriers, waits, combine), at least 256 and at
+// most 8192. A forward with more events on a block stores the first
+// perBlock and counts the rest (TraceBytes).
+func (p Layout) TraceEvents(grid int) (perBlock int) {
+	grid = max(grid, 1)
+	e, h, t := p.Experts, p.Hidden, p.MaxTokens
+	gate := ceilDiv(t, kernels.TileM) * ceilDiv(e, kernels.TileN) * kernels.GateMaxSplit
+	cols := ceilDiv(p.FFNHidden, kernels.TileN) + ceilDiv(h, kernels.TileN) // the narrowest (fp32) column tiles
+	tasks := gate + e + p.MaxRowTiles*cols
+	perBlock = 2*ceilDiv(tasks, grid) + 64
+	return min(max(perBlock, 256), 8192)
+}
+
+// TraceBytes is the device memory of the trace buffer: grid*perBlock events
+// of kernels.TraceEventSize bytes, then grid u32 counts (aligned).
+func TraceBytes(grid, perBlock int) (events, total uint64) {
+	events = alignUp(u(grid)*u(perBlock)*uint64(kernels.TraceEventSize), Align)
+	return events, events + alignUp(u(grid)*4, Align)
+}

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/kernels"
 )
 
 // The host side of the precision modes (params.h, "Precision modes"):
@@ -112,4 +113,29 @@ func transposeBlocks(rows, cols int, visit func(r, c int)) {
 			}
 		}
 	})
+}
+
+// gatePiecesBF16 lays out the gate weights gate [H][E] (float32) for the
+// kernel's tensor-core gate (bf16 mode, MOE_FLAG_GATE_TC): for each group of
+// kernels.GateTCGroup experts, kernels.GateTCRows rows of H bf16, row
+// piece*32 + i holding piece `piece` of expert group*32 + i's column (zero
+// past E), where w = p1 + p2 + p3 + r, p1 = bf16(w), p2 = bf16(w - p1),
+// p3 = bf16(w - p1 - p2) (each difference exact in float32), |r| <= 2^-24|w|
+// or so: x.p1 + x.p2 + x.p3 in fp32 has the accuracy of the fp32 gate.
+func gatePiecesBF16(gate []float32, h, e int) []uint16 {
+	const group, rows = kernels.GateTCGroup, kernels.GateTCRows
+	groups := (e + group - 1) / group
+	out := make([]uint16, groups*rows*h)
+	for ex := 0; ex < e; ex++ {
+		g, i := ex/group, ex%group
+		for k := 0; k < h; k++ {
+			r := gate[k*e+ex]
+			for piece := 0; piece < 3; piece++ {
+				b := bf16Bits(r)
+				out[(g*rows+piece*group+i)*h+k] = b
+				r -= math.Float32frombits(uint32(b) << 16)
+			}
+		}
+	}
+	return out
 }

@@ -1,6 +1,8 @@
 package gpubackend
 
 import (
+	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"runtime"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/moerun/moerun/internal/backend"
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/cuda"
 	"github.com/moerun/moerun/internal/datagen"
@@ -220,8 +223,13 @@ func TestForwardOneRank(t *testing.T) {
 		}
 	}()
 	k := b.Kernel()
-	t.Logf("kernel: %d registers, %d B local, %d B smem + %d B dynamic, %d blocks/SM x %d SMs = grid %d",
-		k.Registers, k.LocalBytes, k.StaticSmem, k.DynamicSmem, k.BlocksPerSM, k.SMs, k.Grid)
+	t.Logf("kernel: %d registers, %d B local, %d B smem + %d B dynamic, %d blocks/SM x %d SMs = grid %d, flags %d",
+		k.Registers, k.LocalBytes, k.StaticSmem, k.DynamicSmem, k.BlocksPerSM, k.SMs, k.Grid, b.KernelFlags())
+	if u := b.UUID(); !strings.HasPrefix(u, "GPU-") || len(u) != 40 {
+		t.Errorf("UUID %q: want NVML's GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", u)
+	} else {
+		t.Logf("device %s (%s)", u, b.Card())
+	}
 
 	// The tile alone: every fragment, swizzle and predicate, with a message
 	// that names the first wrong element.
@@ -233,6 +241,7 @@ func TestForwardOneRank(t *testing.T) {
 				{NB: 1, MRows: 77, NCols: 128, K: 192}, {NB: 1, MRows: 1, NCols: 64, K: 256},
 				{NB: 1, MRows: 128, NCols: 8, K: 128}, {NB: 2, MRows: 128, NCols: 64, K: 128},
 				{NB: 2, MRows: 33, NCols: 64, K: 320}, {NB: 2, MRows: 128, NCols: 16, K: 64},
+				{NB: 1, MRows: 128, NCols: 96, K: 512}, {NB: 1, MRows: 5, NCols: 96, K: 192}, // the tensor-core gate's shape
 			} {
 				tc.DType, tc.Seed = d, seed
 				seed++
@@ -325,6 +334,211 @@ func TestForwardOneRank(t *testing.T) {
 		}
 	})
 
+	// The serial-phase switches (params.h MOE_FLAG_*), bf16: the local
+	// gather must give the same bits as copying the rows; the tensor-core
+	// gate the SIMT gate's logits to fp32 accuracy (and the reference checks
+	// above ran with both on).
+	t.Run("flags", func(t *testing.T) {
+		defer func() { b.flags = kernels.FlagsDefault }()
+		for _, tc := range []struct {
+			name string
+			mod  func(*config.Layer)
+		}{
+			{"relu T=200", func(c *config.Layer) { c.Tokens = 200 }},
+			{"relu capacity 0.5", func(c *config.Layer) { c.Tokens = 150; c.CapacityFactor = 0.5 }},
+			{"swiglu E=2 k=2 T=200 I=256", func(c *config.Layer) {
+				c.Tokens, c.Experts, c.FFN, c.FFNHidden = 200, 2, config.FFNSwiGLU, 256
+			}},
+			{"relu H=192 I=320", func(c *config.Layer) { c.Tokens = 150; c.Hidden = 192; c.FFNHidden = 320 }},
+			{"relu E=64 k=4 H=256", func(c *config.Layer) { c.Tokens = 130; c.Experts = 64; c.TopK = 4; c.Hidden = 256 }},
+		} {
+			c := base
+			c.DType = config.BF16
+			tc.mod(&c)
+			if err := b.Prepare(c); err != nil {
+				t.Fatal(err)
+			}
+			x := datagen.Tokens(c, 0, c.Tokens)
+			res := map[int]*backend.Result{}
+			for _, f := range []int{0, kernels.FlagLocalGather, kernels.FlagGateTC, kernels.FlagsDefault} {
+				b.flags = int32(f)
+				if _, err := b.Forward(c, x); err != nil {
+					t.Fatalf("%s flags %d: %v", tc.name, f, err)
+				}
+				r, err := b.Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				res[f] = r
+			}
+			same := func(a, b int) {
+				ra, rb := res[a], res[b]
+				for i := range ra.Out {
+					if math.Float32bits(ra.Out[i]) != math.Float32bits(rb.Out[i]) {
+						t.Fatalf("%s: out[%d] with flags %d = %g, with flags %d = %g: the local gather must not change a bit",
+							tc.name, i, a, ra.Out[i], b, rb.Out[i])
+					}
+				}
+			}
+			same(0, kernels.FlagLocalGather)
+			same(kernels.FlagGateTC, kernels.FlagsDefault)
+			worst := 0.0
+			for i, l := range res[0].Logits {
+				d := math.Abs(float64(res[kernels.FlagGateTC].Logits[i]) - float64(l))
+				worst = math.Max(worst, d/math.Max(1, math.Abs(float64(l))))
+			}
+			if worst > 1e-5 {
+				t.Errorf("%s: tensor-core gate logits differ from the SIMT gate's by %.3g (relative)", tc.name, worst)
+			}
+			t.Logf("%s: gather bitwise equal; tensor-core gate logits within %.2g of the SIMT gate", tc.name, worst)
+		}
+	})
+
+	// The trace: present, consistent, and without effect on the results.
+	t.Run("trace", func(t *testing.T) {
+		defer func() { b.opt.Trace = false; b.prepared = false }()
+		for _, dt := range []config.DType{config.FP32, config.BF16} {
+			c := base
+			c.DType, c.Tokens = dt, 150
+			b.opt.Trace, b.prepared = false, false
+			if err := b.Prepare(c); err != nil {
+				t.Fatal(err)
+			}
+			x := datagen.Tokens(c, 0, c.Tokens)
+			if _, err := b.Forward(c, x); err != nil {
+				t.Fatal(err)
+			}
+			plain, err := b.Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.TraceEvents(); err == nil {
+				t.Error("TraceEvents without Options.Trace: want an error")
+			}
+			b.opt.Trace, b.prepared = true, false
+			if err := b.Prepare(c); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Forward(c, x); err != nil {
+				t.Fatal(err)
+			}
+			traced, err := b.Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range plain.Out {
+				if math.Float32bits(plain.Out[i]) != math.Float32bits(traced.Out[i]) {
+					t.Fatalf("%s: tracing changed out[%d]: %g vs %g", dt, i, traced.Out[i], plain.Out[i])
+				}
+			}
+			evs, err := b.TraceEvents()
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkTrace(t, c, b.Kernel().Grid, evs, b.TraceDropped())
+			pt := b.PhaseTimes()
+			order := []string{"gate", "barrier1", "topk", "barrier2", "route", "barrier3", "dispatch", "barrier4", "gemm1", "combine", "total"}
+			for i, n := range order {
+				if _, ok := pt[n]; !ok {
+					t.Errorf("%s: PhaseTimes has no %q: %v", dt, n, pt)
+				}
+				if i > 0 && i%2 == 1 && pt[order[i-1]] > pt[n] { // a phase ends before the barrier after it
+					t.Errorf("%s: %s ends at %v, after %s at %v", dt, order[i-1], pt[order[i-1]], n, pt[n])
+				}
+			}
+			var buf strings.Builder
+			if err := WriteChromeTrace(&buf, 0, evs); err != nil {
+				t.Fatal(err)
+			}
+			var doc struct {
+				TraceEvents []map[string]any `json:"traceEvents"`
+			}
+			if err := json.Unmarshal([]byte(buf.String()), &doc); err != nil || len(doc.TraceEvents) != len(evs)+1 {
+				t.Fatalf("%s: chrome trace: %v, %d entries for %d events", dt, err, len(doc.TraceEvents), len(evs))
+			}
+			t.Logf("%s T=%d: %d events, %d dropped; %s", dt, c.Tokens, len(evs), b.TraceDropped(), phaseLine(Phases(evs)))
+		}
+	})
+
+	// The paper's shape (H = I = 2048, E = 32, k = 2, T = 8192, bf16 and
+	// tf32): latency with the serial-phase switches off and on, and where the
+	// time goes (the trace), for the record. No reference (too slow on a CPU).
+	t.Run("paper", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("-short")
+		}
+		defer func() { b.opt.Trace, b.prepared, b.flags = false, false, kernels.FlagsDefault }()
+		for _, dt := range []config.DType{config.BF16, config.TF32} {
+			c := config.Default()
+			c.Tokens, c.MaxTokens, c.Hidden, c.FFNHidden, c.Experts, c.TopK, c.DType = 8192, 8192, 2048, 2048, 32, 2, dt
+			b.opt.Trace, b.prepared = false, false
+			if err := b.Prepare(c); err != nil {
+				t.Fatal(err)
+			}
+			x := datagen.Tokens(c, 0, c.Tokens)
+			var outs [2][]float32
+			for i, f := range []int{0, kernels.FlagsDefault} {
+				b.flags = int32(f)
+				var ts []time.Duration
+				for it := 0; it < 15; it++ {
+					tm, err := b.Forward(c, x)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if it >= 3 {
+						ts = append(ts, tm.Elapsed)
+					}
+				}
+				sort.Slice(ts, func(a, b int) bool { return ts[a] < ts[b] })
+				r, err := b.Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				outs[i] = r.Out
+				t.Logf("paper %s flags %d: p50 %v (min %v, max %v)", dt, f, ts[len(ts)/2], ts[0], ts[len(ts)-1])
+			}
+			var num, den float64
+			for i := range outs[0] {
+				d := float64(outs[1][i]) - float64(outs[0][i])
+				num += d * d
+				den += float64(outs[0][i]) * float64(outs[0][i])
+			}
+			t.Logf("paper %s: flags 0 vs %d: relative difference %.3g", dt, kernels.FlagsDefault, math.Sqrt(num/math.Max(den, 1e-300)))
+			b.opt.Trace, b.prepared = true, false
+			if err := b.Prepare(c); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []int{0, kernels.FlagsDefault} {
+				b.flags = int32(f)
+				var tm backend.Timing
+				for it := 0; it < 3; it++ {
+					var err error
+					if tm, err = b.Forward(c, x); err != nil {
+						t.Fatal(err)
+					}
+				}
+				evs, err := b.TraceEvents()
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("paper %s flags %d traced %v: %d events, %d dropped; %s", dt, f, tm.Elapsed, len(evs), b.TraceDropped(), phaseLine(Phases(evs)))
+				if dir := os.Getenv("MOERUN_TRACE_DIR"); dir != "" {
+					name := fmt.Sprintf("%s/paper-%s-flags%d.json", dir, dt, f)
+					fh, err := os.Create(name)
+					if err == nil {
+						err = WriteChromeTrace(fh, 0, evs)
+						if cerr := fh.Close(); err == nil {
+							err = cerr
+						}
+					}
+					if err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}
+	})
+
 	// Last: the watchdog. Rank 0 withholds its dispatch signal to rank
 	// (0+1)%1 = itself; the kernel must end with the watchdog's message well
 	// within the host's bound, and the runtime must refuse further forwards.
@@ -408,4 +622,78 @@ func forwardCase(t *testing.T, b *Backend, c config.Layer) {
 		}
 	}
 	t.Logf("%s: rel. error %.3g, %v, SM util %.2f, %d bytes put", c.DType, e, tm.Elapsed, tm.SMUtil, tm.BytesPut)
+}
+
+// checkTrace checks a world-1 forward's trace against what the kernel must
+// have done: one setup per block, every block at each of the four barriers,
+// one route scan per expert, top-k and combine covering every token once,
+// GEMM tasks with sane ids and times.
+func checkTrace(t *testing.T, c config.Layer, grid int, evs []TraceEvent, dropped int) {
+	t.Helper()
+	if dropped != 0 {
+		t.Errorf("%d events dropped on a small forward", dropped)
+	}
+	setup := map[int]int{}
+	barriers := map[int]int{}
+	routes := map[int]bool{}
+	topk, comb, g0, g1 := 0, 0, 0, 0
+	for _, e := range evs {
+		if e.End < e.Start || e.Block < 0 || e.Block >= grid {
+			t.Fatalf("bad event %+v", e)
+		}
+		switch e.Kind {
+		case TraceSetup:
+			setup[e.Block]++
+		case TraceBarrier:
+			barriers[e.A]++
+		case TraceRoute:
+			if routes[e.A] || e.A < 0 || e.A >= c.Experts {
+				t.Errorf("route event for expert %d (twice or out of range)", e.A)
+			}
+			routes[e.A] = true
+		case TraceTopK:
+			topk += e.A
+		case TraceCombine:
+			comb += e.A
+		case TraceGEMM0, TraceGEMM1:
+			if e.Src != 0 || e.Expert < 0 || e.Expert >= c.Experts || e.A < 0 || e.B < 0 {
+				t.Errorf("GEMM event %+v", e)
+			}
+			if e.Kind == TraceGEMM0 {
+				g0++
+			} else {
+				g1++
+			}
+		}
+	}
+	if len(setup) != grid {
+		t.Errorf("setup events from %d blocks, grid %d", len(setup), grid)
+	}
+	for i := 1; i <= 4; i++ {
+		if barriers[i] != grid {
+			t.Errorf("barrier %d: %d events, grid %d", i, barriers[i], grid)
+		}
+	}
+	if len(routes) != c.Experts {
+		t.Errorf("route events for %d experts of %d", len(routes), c.Experts)
+	}
+	if topk != c.Tokens || comb != c.Tokens {
+		t.Errorf("top-k covered %d tokens, combine %d, want %d", topk, comb, c.Tokens)
+	}
+	if g0 == 0 || g1 == 0 {
+		t.Errorf("%d GEMM0 and %d GEMM1 events", g0, g1)
+	}
+}
+
+// phaseLine is a one-line phase table: name end (busy/blocks).
+func phaseLine(ps []PhaseStat) string {
+	var sb strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		fmt.Fprintf(&sb, "%s %.1fus (n=%d, first %.1f, busy %.1f)", p.Name, float64(p.End)/1e3, p.Count,
+			float64(p.First)/1e3, float64(p.Busy)/1e3)
+	}
+	return sb.String()
 }

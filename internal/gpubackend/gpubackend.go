@@ -63,8 +63,19 @@ type Options struct {
 	// device), so a replay is a normal forward. Graphs are dropped when
 	// Prepare reallocates and at Close.
 	Graph bool
+	// Trace makes every forward record the kernel's per-block task trace
+	// (trace.go): TraceEvents, PhaseTimes, WriteChromeTrace. It costs a
+	// device buffer (symheap Layout.TraceEvents per block) and a few stores
+	// per task; without it the kernel pays one branch per task.
+	Trace bool
 	Log   zerolog.Logger
 }
+
+// EnvKernelFlags, when set (an integer), replaces the kernel's switches of
+// the serial phases (kernels.Flag*, default kernels.FlagsDefault): 0 runs the
+// previous paths (fp32 SIMT gate, every row copied by the dispatch), for
+// comparisons.
+const EnvKernelFlags = "MOERUN_KERNEL_FLAGS"
 
 // KernelInfo describes the loaded kernel and its launch geometry.
 type KernelInfo struct {
@@ -97,6 +108,8 @@ type Backend struct {
 	ctx        cuda.Context
 	ctxHeld    bool
 	card       string
+	uuid       string // CUDA device UUID, NVML's form
+	flags      int32  // MoeParams.flags
 	shm        *nvshmem.Lib
 	shmUp      bool
 	mod        cuda.Module
@@ -125,6 +138,15 @@ type Backend struct {
 	launches uint64
 	broken   error // sticky: set by a watchdog trip or a hang; refuses further forwards
 	closed   bool
+
+	// Options.Trace: the trace buffer (events, then counts) and the last
+	// forward's events once read.
+	traceBuf     cuda.DevicePtr
+	tracePer     int    // events per block
+	traceEvBytes uint64 // offset of the counts
+	traceEvs     []TraceEvent
+	traceDropped int
+	traceCached  bool
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -141,7 +163,7 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 	if opt.Watchdog <= 0 {
 		opt.Watchdog = DefaultWatchdog
 	}
-	b = &Backend{comm: comm, rank: comm.Rank(), world: comm.Size(), opt: opt, log: opt.Log}
+	b = &Backend{comm: comm, rank: comm.Rank(), world: comm.Size(), opt: opt, log: opt.Log, flags: kernels.FlagsDefault}
 	defer func() {
 		if err != nil {
 			if cerr := b.Close(); cerr != nil {
@@ -170,7 +192,8 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 		Int("local_bytes", b.info.LocalBytes).Int("smem", b.info.StaticSmem).Int("dynamic_smem", b.info.DynamicSmem).
 		Int("blocks_per_sm", b.info.BlocksPerSM).
 		Int("sms", b.info.SMs).Int("grid", b.info.Grid).Str("cubin", b.info.CubinFrom).
-		Str("nvshmem", b.info.NVSHMEM).Dur("watchdog", opt.Watchdog).Bool("graph", opt.Graph).Msg("gpu backend open")
+		Str("nvshmem", b.info.NVSHMEM).Dur("watchdog", opt.Watchdog).Bool("graph", opt.Graph).
+		Str("uuid", b.uuid).Int("kernel_flags", int(b.flags)).Bool("trace", opt.Trace).Msg("gpu backend open")
 	return b, nil
 }
 
@@ -179,6 +202,14 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 // loaded and the device chosen.
 func (b *Backend) preflight(localRank int) ([]byte, kernels.CubinInfo, error) {
 	var ci kernels.CubinInfo
+	if v, ok := os.LookupEnv(EnvKernelFlags); ok && v != "" {
+		f, perr := strconv.ParseInt(v, 0, 32)
+		if perr != nil || f < 0 || f > kernels.FlagsDefault {
+			return nil, ci, fmt.Errorf("%s=%q: want an integer in 0..%d (bits: %d tensor-core gate, %d local gather)",
+				EnvKernelFlags, v, kernels.FlagsDefault, kernels.FlagGateTC, kernels.FlagLocalGather)
+		}
+		b.flags = int32(f)
+	}
 	if b.world > kernels.MaxWorld {
 		return nil, ci, fmt.Errorf("%d ranks: the kernel supports at most %d", b.world, kernels.MaxWorld)
 	}
@@ -208,6 +239,9 @@ func (b *Backend) preflight(localRank int) ([]byte, kernels.CubinInfo, error) {
 		return nil, ci, err
 	}
 	if b.card, err = drv.DeviceName(b.dev); err != nil {
+		return nil, ci, err
+	}
+	if b.uuid, err = drv.DeviceUUID(b.dev); err != nil {
 		return nil, ci, err
 	}
 	major, minor, err := drv.ComputeCapability(b.dev)
@@ -370,6 +404,14 @@ func (b *Backend) Name() string { return "gpu" }
 // Card is the GPU's name.
 func (b *Backend) Card() string { return b.card }
 
+// UUID is the CUDA device UUID of this rank's GPU in NVML's form
+// ("GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"): match NVML devices, and
+// check that no two ranks share a GPU, by it.
+func (b *Backend) UUID() string { return b.uuid }
+
+// KernelFlags is the kernel's MoeParams.flags (kernels.Flag*; EnvKernelFlags).
+func (b *Backend) KernelFlags() int { return int(b.flags) }
+
 // Layout is the memory plan of the prepared configuration.
 func (b *Backend) Layout() symheap.Layout { return b.layout }
 
@@ -411,6 +453,17 @@ func (b *Backend) Prepare(cfg config.Layer) error {
 		return fmt.Errorf("device memory of %s: %w", symheap.Bytes(lay.LocalTotal), err)
 	}
 	b.layout = lay
+	if b.opt.Trace {
+		b.tracePer = lay.TraceEvents(b.info.Grid)
+		evBytes, total := symheap.TraceBytes(b.info.Grid, b.tracePer)
+		if b.traceBuf, err = b.drv.MemAlloc(total); err != nil {
+			return fmt.Errorf("trace buffer of %s: %w", symheap.Bytes(total), err)
+		}
+		b.traceEvBytes = evBytes
+		if err := b.drv.MemsetD32(b.traceBuf, 0, total/4); err != nil {
+			return err
+		}
+	}
 	if err := b.drv.MemsetD32(b.sym, 0, lay.SymTotal/4); err != nil {
 		return err
 	}
@@ -507,8 +560,14 @@ func parseSize(s string) (uint64, error) {
 // rounded to tf32 or converted to bf16. Gate and biases: float32.
 func (b *Backend) upload(cfg config.Layer, lay symheap.Layout) error {
 	d, base := b.drv, uint64(b.local)
-	if err := d.MemcpyHtoD(cuda.DevicePtr(symheap.Addr(base, lay.GateW)), datagen.Gate(cfg)); err != nil {
+	gate := datagen.Gate(cfg)
+	if err := d.MemcpyHtoD(cuda.DevicePtr(symheap.Addr(base, lay.GateW)), gate); err != nil {
 		return fmt.Errorf("upload gate: %w", err)
+	}
+	if lay.GateT.Name != "" {
+		if err := d.MemcpyHtoD(cuda.DevicePtr(symheap.Addr(base, lay.GateT)), gatePiecesBF16(gate, cfg.Hidden, cfg.Experts)); err != nil {
+			return fmt.Errorf("upload gate pieces: %w", err)
+		}
 	}
 	h, i := cfg.Hidden, cfg.FFNHidden
 	es := uint64(storageBytes(cfg.DType))
@@ -576,7 +635,7 @@ func (b *Backend) params(cfg config.Layer) kernels.Params {
 		Experts: int32(lay.Experts), TopK: int32(lay.TopK), World: int32(b.world), Rank: int32(b.rank),
 		ExpertsPerRank: int32(lay.ExpertsPerRank), RowsPerSource: int32(lay.RowsPerSource),
 		Capacity: int32(cfg.Capacity(t)), FFN: ffnCode(cfg.FFN), DType: dtypeCode(cfg.DType), Route: kernels.RouteSoftmax,
-		GateKSplit: int32(gateSplit(t, lay.Experts, lay.Hidden, b.info.Grid)), DebugWithholdPeer: int32(b.opt.DebugWithholdPeer),
+		GateKSplit: int32(gateSplit(t, lay.Experts, lay.Hidden, b.info.Grid, b.gateTC(cfg.DType))), DebugWithholdPeer: int32(b.opt.DebugWithholdPeer),
 		MaxRowTiles: int32(lay.MaxRowTiles), WatchdogNs: uint64(b.opt.Watchdog.Nanoseconds()),
 		HeapBase: sym, OffRecvRows: lay.RecvRows.Off, OffRecvMeta: lay.RecvMeta.Off, OffRecvCounts: lay.RecvCounts.Off,
 		OffRetRows: lay.RetRows.Off, OffSigDispatch: lay.SigDispatch.Off, OffSigReturn: lay.SigReturn.Off,
@@ -587,7 +646,10 @@ func (b *Backend) params(cfg config.Layer) kernels.Params {
 		W2: symheap.Addr(loc, lay.W2), B2: symheap.Addr(loc, lay.B2), Wu: symheap.Addr(loc, lay.Wu),
 		Inter: symheap.Addr(loc, lay.Inter), RouteList: symheap.Addr(loc, lay.RouteList), RouteCount: symheap.Addr(loc, lay.RouteCount),
 		Sched: symheap.Addr(loc, lay.Sched), RTDesc: symheap.Addr(loc, lay.RTDesc), TileDone: symheap.Addr(loc, lay.TileDone),
-		G1List: symheap.Addr(loc, lay.G1List),
+		G1List: symheap.Addr(loc, lay.G1List), GateT: symheap.Addr(loc, lay.GateT), Flags: b.flags,
+	}
+	if b.traceBuf != 0 {
+		p.Trace, p.TraceCounts, p.TraceCap = uint64(b.traceBuf), uint64(b.traceBuf)+b.traceEvBytes, int32(b.tracePer)
 	}
 	if cfg.Renormalize {
 		p.Renormalize = 1
@@ -611,12 +673,23 @@ func ffnCode(f config.FFN) int32 {
 	return kernels.FFNReLU
 }
 
+// gateTC says whether forwards in mode d run the tensor-core gate.
+func (b *Backend) gateTC(d config.DType) bool {
+	return d == config.BF16 && b.flags&kernels.FlagGateTC != 0
+}
+
 // gateSplit is the K split of the gate GEMM: the smallest power of two that
-// gives the grid enough tiles, at most GateMaxSplit, H/split a multiple of TileK.
-func gateSplit(tokens, experts, hidden, grid int) int {
-	tiles := ((tokens + kernels.TileM - 1) / kernels.TileM) * ((experts + kernels.TileN - 1) / kernels.TileN)
+// gives the grid enough tiles, at most GateMaxSplit, H/split a multiple of
+// the tile's K step (SIMT: TileK; tensor-core gate (tc): 64 bf16). Tiles:
+// SIMT TileM tokens x TileN experts; tensor-core TCTileM tokens x GateTCGroup experts.
+func gateSplit(tokens, experts, hidden, grid int, tc bool) int {
+	tm, tn, kstep := kernels.TileM, kernels.TileN, kernels.TileK
+	if tc {
+		tm, tn, kstep = kernels.TCTileM, kernels.GateTCGroup, kernels.TCKBytes/2
+	}
+	tiles := ((tokens + tm - 1) / tm) * ((experts + tn - 1) / tn)
 	ks := 1
-	for ks < kernels.GateMaxSplit && tiles*ks < grid && hidden%(2*ks*kernels.TileK) == 0 {
+	for ks < kernels.GateMaxSplit && tiles*ks < grid && hidden%(2*ks*kstep) == 0 {
 		ks *= 2
 	}
 	return ks
@@ -667,6 +740,14 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 		}
 	}
 	arg := b.params(cfg)
+	b.traceCached, b.traceEvs = false, nil
+	if b.traceBuf != 0 {
+		// Every block stores its count at exit; zeroed so that a block that
+		// never got there reads as no events.
+		if err := d.MemsetD32Async(cuda.DevicePtr(uint64(b.traceBuf)+b.traceEvBytes), 0, uint64(b.info.Grid), b.stream); err != nil {
+			return tm, err
+		}
+	}
 	var exec cuda.GraphExec
 	if b.opt.Graph {
 		var err error
@@ -878,6 +959,11 @@ func (b *Backend) release() error {
 		errs = append(errs, b.drv.MemFree(b.local))
 		b.local = 0
 	}
+	if b.traceBuf != 0 {
+		errs = append(errs, b.drv.MemFree(b.traceBuf))
+		b.traceBuf = 0
+	}
+	b.traceCached, b.traceEvs = false, nil
 	if b.sym != 0 {
 		b.shm.Free(b.sym)
 		b.sym = 0

@@ -36,20 +36,64 @@ func TestSymmetricSizeFromEnv(t *testing.T) {
 }
 
 func TestGateSplit(t *testing.T) {
-	if ks := gateSplit(8192, 32, 2048, 264); ks != 4 {
+	if ks := gateSplit(8192, 32, 2048, 264, false); ks != 4 {
 		t.Errorf("T=8192 E=32: 128 tiles for a 264-block grid: split %d, want 4", ks)
 	}
-	if ks := gateSplit(65536, 64, 2048, 264); ks != 1 {
+	if ks := gateSplit(65536, 64, 2048, 264, false); ks != 1 {
 		t.Errorf("1024 tiles: split %d, want 1", ks)
 	}
-	if ks := gateSplit(10, 8, 64, 264); ks != 4 || 64%(ks*kernels.TileK) != 0 {
+	if ks := gateSplit(10, 8, 64, 264, false); ks != 4 || 64%(ks*kernels.TileK) != 0 {
 		t.Errorf("H=64: split %d, want 4 (H/split = 16 = TileK)", ks)
 	}
-	if ks := gateSplit(10, 8, 96*2, 264); 192%(ks*kernels.TileK) != 0 {
+	if ks := gateSplit(10, 8, 96*2, 264, false); 192%(ks*kernels.TileK) != 0 {
 		t.Errorf("H=192: split %d leaves H/split not a multiple of TileK", ks)
 	}
-	if ks := gateSplit(0, 8, 2048, 264); ks < 1 || ks > kernels.GateMaxSplit {
+	if ks := gateSplit(0, 8, 2048, 264, false); ks < 1 || ks > kernels.GateMaxSplit {
 		t.Errorf("T=0: split %d", ks)
+	}
+	// Tensor-core gate: 128-token x 32-expert tiles, K steps of 64.
+	if ks := gateSplit(8192, 32, 2048, 264, true); ks != 4 {
+		t.Errorf("tc T=8192 E=32: 64 tiles: split %d, want 4", ks)
+	}
+	if ks := gateSplit(65536, 32, 2048, 264, true); ks != 1 {
+		t.Errorf("tc 512 tiles: split %d, want 1", ks)
+	}
+	for _, h := range []int{64, 128, 192, 320, 2048} {
+		if ks := gateSplit(10, 8, h, 264, true); h%(ks*64) != 0 {
+			t.Errorf("tc H=%d: split %d leaves H/split not a multiple of 64", h, ks)
+		}
+	}
+}
+
+func TestGatePiecesBF16(t *testing.T) {
+	const h, e = 64, 40 // two groups, the second partial
+	gate := make([]float32, h*e)
+	for i := range gate {
+		gate[i] = float32(math.Sin(float64(i)*0.37)) * 0.1 * float32(1+i%7)
+	}
+	out := gatePiecesBF16(gate, h, e)
+	if len(out) != 2*kernels.GateTCRows*h {
+		t.Fatalf("%d values, want %d", len(out), 2*kernels.GateTCRows*h)
+	}
+	f := func(b uint16) float64 { return float64(math.Float32frombits(uint32(b) << 16)) }
+	for ex := 0; ex < 64; ex++ {
+		g, i := ex/32, ex%32
+		for k := 0; k < h; k++ {
+			sum := 0.0
+			for piece := 0; piece < 3; piece++ {
+				sum += f(out[(g*kernels.GateTCRows+piece*32+i)*h+k])
+			}
+			if ex >= e {
+				if sum != 0 {
+					t.Fatalf("expert %d past E: piece sum %g, want 0", ex, sum)
+				}
+				continue
+			}
+			w := float64(gate[k*e+ex])
+			if math.Abs(sum-w) > math.Abs(w)*math.Pow(2, -23) {
+				t.Fatalf("expert %d k %d: pieces sum to %.10g, weight %.10g", ex, k, sum, w)
+			}
+		}
 	}
 }
 
