@@ -160,7 +160,14 @@ func (c Layer) Capacity(t int) int {
 	if c.CapacityFactor == 0 {
 		return -1
 	}
-	return int(math.Ceil(c.CapacityFactor * float64(t) * float64(c.TopK) / float64(c.Experts)))
+	// A source never has more than t pairs for one expert (each token picks
+	// an expert at most once), so t means "all fit"; clamping also keeps a
+	// huge factor from overflowing int, and the kernel's int32 parameter.
+	v := math.Ceil(c.CapacityFactor * float64(t) * float64(c.TopK) / float64(c.Experts))
+	if v >= float64(t) {
+		return t
+	}
+	return int(v)
 }
 
 // Static is the part of a configuration that every rank of a job must agree
