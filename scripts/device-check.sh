@@ -51,7 +51,7 @@ job() {
   tail -n 3 "$log" | sed "s/^/  [$name] /"
 }
 
-MATRIX=(--verify --ffn relu,swiglu --tokens 0,1,100,4096 --hidden 256,2048 --ffn-hidden 256,2048
+MATRIX=(--verify --dtype fp32 --ffn relu,swiglu --tokens 0,1,100,4096 --hidden 256,2048 --ffn-hidden 256,2048
         --capacity-factor 0,1 --iters 2 --warmup 0)
 for w in $GPUS; do
   [ "$w" -le "$ngpu" ] || { row "gpus$w" "$w" skip - "only $ngpu GPUs"; continue; }
@@ -59,7 +59,10 @@ for w in $GPUS; do
     e=${ek%:*}; k=${ek#*:}
     job "w${w}_e${e}_k${k}" "$w" 300 "${MATRIX[@]}" --experts "$e" --topk "$k"
   done
-  job "w${w}_skew" "$w" 120 --verify --route skew --ffn relu,swiglu --tokens 1,100,4096 --hidden 256 \
+  # The tensor-core modes, with their own tolerances (tf32 5e-3, bf16 2e-2).
+  job "w${w}_tf32_bf16" "$w" 300 --verify --dtype tf32,bf16 --ffn relu,swiglu --tokens 0,1,100,4096 \
+      --hidden 256,2048 --ffn-hidden 256,2048 --experts 32 --topk 2 --capacity-factor 0,1 --iters 2 --warmup 0
+  job "w${w}_skew" "$w" 120 --verify --dtype fp32 --route skew --ffn relu,swiglu --tokens 1,100,4096 --hidden 256 \
       --ffn-hidden 512 --experts 8 --topk 2 --capacity-factor 0,1 --iters 2 --warmup 0
 
   # A withheld signal must end every rank with the watchdog's message, never
@@ -82,9 +85,9 @@ if [ "$wmax" -ge 1 ]; then
   # Two runs of the same config give bitwise equal outputs; 1000 forwards in a
   # row run without error and the last equals the first (bench checks that).
   job "w${wmax}_repeat1000" "$wmax" 300 --verify --tokens 100,4096 --hidden 256 --ffn-hidden 512 \
-      --experts 8 --topk 2 --iters 500 --warmup 0 --dump "$LOGDIR/dumpA"
+      --experts 8 --topk 2 --dtype fp32,bf16 --iters 500 --warmup 0 --dump "$LOGDIR/dumpA"
   job "w${wmax}_rerun" "$wmax" 120 --tokens 100,4096 --hidden 256 --ffn-hidden 512 \
-      --experts 8 --topk 2 --iters 1 --warmup 0 --dump "$LOGDIR/dumpB"
+      --experts 8 --topk 2 --dtype fp32,bf16 --iters 1 --warmup 0 --dump "$LOGDIR/dumpB"
   diffs=0; files=0
   for f in "$LOGDIR"/dumpA/cfg*/rank*/out.npy; do
     g=${f/dumpA/dumpB}; files=$((files + 1)); cmp -s "$f" "$g" || diffs=$((diffs + 1))
@@ -93,10 +96,10 @@ if [ "$wmax" -ge 1 ]; then
   else row "w${wmax}_bitwise_two_runs" "$wmax" FAIL - "$diffs of $files output files differ"; fi
   rm -rf "$LOGDIR/dumpA" "$LOGDIR/dumpB"
 
-  # The paper's shape in fp32 (speed is not this check's bar; it is recorded).
-  job "w${wmax}_paper_fp32" "$wmax" 300 --verify --tokens 8192 --hidden 2048 --ffn-hidden 2048 \
-      --experts 32 --topk 2 --ffn relu --dtype fp32 --iters 20 --warmup 5
-  grep -E '^ +[0-9]' "$LOGDIR/w${wmax}_paper_fp32.log" | sed 's/^/  paper shape: /'
+  # The paper's shape in every mode (speed is not this check's bar; it is recorded).
+  job "w${wmax}_paper" "$wmax" 300 --verify --tokens 8192 --hidden 2048 --ffn-hidden 2048 \
+      --experts 32 --topk 2 --ffn relu --dtype fp32,tf32,bf16 --iters 20 --warmup 5
+  grep -E '^ +[0-9]' "$LOGDIR/w${wmax}_paper.log" | sed 's/^/  paper shape: /'
 fi
 
 echo

@@ -2,15 +2,18 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/moerun/moerun/bootstrap"
 	"github.com/moerun/moerun/internal/backend"
 	"github.com/moerun/moerun/internal/bench"
-	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/cuda"
 	"github.com/moerun/moerun/internal/gpubackend"
+	"github.com/moerun/moerun/internal/gpuinfo"
 	"github.com/moerun/moerun/symheap"
 )
 
@@ -23,7 +26,7 @@ func openGPU(world *bootstrap.World, o bench.Options, log zerolog.Logger) (backe
 		return nil, fmt.Errorf("the ranks run on %d nodes: the GPU backend runs on one node until the remote-transport path exists (the CPU backend runs across nodes)", world.Nodes)
 	}
 	var heap uint64
-	for _, c := range o.Configs(config.FP32) {
+	for _, c := range o.Configs(bench.DefaultDType("gpu")) {
 		if lay, err := symheap.Plan(c, world.Size); err == nil {
 			heap = max(heap, lay.SymTotal)
 		}
@@ -33,10 +36,26 @@ func openGPU(world *bootstrap.World, o bench.Options, log zerolog.Logger) (backe
 		Watchdog:          o.Watchdog,
 		DebugWithholdPeer: o.DebugWithholdSignal,
 		HeapBytes:         heap,
+		Graph:             o.Graph,
+		Trace:             o.Trace != "",
 		Log:               log,
 	})
 	if err != nil {
 		return nil, err
+	}
+	// Two ranks on one GPU would share its SMs and deadlock the cooperative
+	// kernels; NVML knows GPUs by UUID (it ignores CUDA_VISIBLE_DEVICES).
+	if err := bootstrap.CheckUniqueGPU(world.Comm, world.Host, b.UUID()); err != nil {
+		b.Close()
+		return nil, err
+	}
+	if info, err := gpuinfo.Probe(); err == nil {
+		if g, err := info.ByUUID(b.UUID()); err == nil {
+			log.Debug().Int("nvml_index", g.Index).Str("pci", g.PCIBusID).Str("uuid", g.UUID).Msg("GPU matched in NVML by UUID")
+		}
+	}
+	if o.Trace != "" {
+		return tracedGPU{b, world.Rank}, nil
 	}
 	log.Debug().Uint64("heap_bytes", heap).Msg("symmetric heap sized for the largest config")
 	return b, nil
@@ -51,4 +70,38 @@ func gpuVisible() bool {
 	}
 	n, err := d.DeviceCount()
 	return err == nil && n > 0
+}
+
+// tracedGPU gives the bench the kernel's timeline (--trace).
+type tracedGPU struct {
+	*gpubackend.Backend
+	rank int
+}
+
+// WriteTrace implements backend.Tracer.
+func (t tracedGPU) WriteTrace(w io.Writer) error {
+	evs, err := t.TraceEvents()
+	if err != nil {
+		return err
+	}
+	return gpubackend.WriteChromeTrace(w, t.rank, evs)
+}
+
+// PhaseSummary implements backend.Tracer: phase ends in kernel order.
+func (t tracedGPU) PhaseSummary() string {
+	evs, err := t.TraceEvents()
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for i, p := range gpubackend.Phases(evs) {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%s %.0f", p.Name, float64(p.End)/float64(time.Microsecond))
+	}
+	if n := t.TraceDropped(); n > 0 {
+		fmt.Fprintf(&b, " (%d events dropped)", n)
+	}
+	return b.String() + " (µs from kernel start)"
 }

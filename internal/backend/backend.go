@@ -3,6 +3,7 @@
 package backend
 
 import (
+	"io"
 	"time"
 
 	"github.com/moerun/moerun/internal/config"
@@ -68,4 +69,15 @@ type Layers interface {
 	// ForwardLayer runs one forward of layer id, as Backend.Forward does;
 	// Result then returns its outputs.
 	ForwardLayer(id int, cfg config.Layer, x []float32) (Timing, error)
+}
+
+// Tracer is implemented by backends that can record a timeline of a forward
+// (the GPU kernel's per-block tasks).
+type Tracer interface {
+	// WriteTrace writes the last forward's timeline as Chrome/Perfetto
+	// trace JSON.
+	WriteTrace(w io.Writer) error
+	// PhaseSummary is one line: when each phase of the last forward ended,
+	// counted from the start of the kernel.
+	PhaseSummary() string
 }

@@ -36,6 +36,7 @@ type Options struct {
 	JSON           string
 	Dump           string
 	Trace          string
+	Graph          bool // replay each forward as a captured CUDA graph (GPU backend)
 	Cubin          string
 	Watchdog       time.Duration
 	Timeout        time.Duration // bound on host-side collective waits
@@ -178,7 +179,8 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.BoolVar(&o.Verify, "verify", false, "check every rank's output against the float64 reference; exit 1 on failure")
 	fs.StringVar(&o.JSON, "json", "", "write results as JSON to this file (rank 0)")
 	fs.StringVar(&o.Dump, "dump", "", "write each rank's inputs, weights, routing and output as .npy files under this folder")
-	fs.StringVar(&o.Trace, "trace", "", "write a Chrome/Perfetto trace of the kernel's tasks (GPU backend)")
+	fs.StringVar(&o.Trace, "trace", "", "write each rank's Chrome/Perfetto trace of the kernel's tasks in the last forward of each config to FILE with .rankRRR (and .cfgNNN) before the extension (GPU backend)")
+	fs.BoolVar(&o.Graph, "graph", false, "replay each forward from a captured CUDA graph (GPU backend)")
 	fs.StringVar(&o.Cubin, "cubin", "", "kernel image to load instead of the embedded one (also MOERUN_CUBIN)")
 	fs.DurationVar(&o.Watchdog, "watchdog", o.Watchdog, "bound on every wait inside the kernel; a tripped runtime refuses further forwards")
 	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on every host-side wait for other ranks")
@@ -237,6 +239,16 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 		errs = append(errs, errors.New("--layer needs --weights"))
 	}
 	return o, errors.Join(errs...)
+}
+
+// DefaultDType is the precision used when --dtype is not given: the fastest
+// the backend has (bf16 tensor cores on GPUs; the CPU backend computes in
+// float64 whatever the mode, so fp32 data there).
+func DefaultDType(backendName string) config.DType {
+	if backendName == "gpu" {
+		return config.BF16
+	}
+	return config.FP32
 }
 
 // Configs expands the lists into their cartesian product, in a fixed order

@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -111,7 +114,7 @@ func Run(env Env, o Options) int {
 		}
 		defer ck.model.Close()
 	}
-	cfgs := o.Configs(config.FP32)
+	cfgs := o.Configs(DefaultDType(name))
 	var bad []error
 	for _, cfg := range cfgs {
 		if err := cfg.Validate(w); err != nil {
@@ -294,6 +297,12 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 	res, err := b.Result()
 	if err != nil {
 		return row, fmt.Errorf("read result: %w", err)
+	}
+	if tr, ok := b.(backend.Tracer); ok && o.Trace != "" {
+		if err := writeTrace(o.Trace, index, multi, me, tr); err != nil {
+			return row, fmt.Errorf("trace: %w", err)
+		}
+		log.Info().Str("phases", tr.PhaseSummary()).Msg("trace of the last forward")
 	}
 	if o.Dump != "" {
 		if err := dumpRank(o.Dump, index, multi, cfg, me, w, x, res); err != nil {
@@ -491,4 +500,25 @@ func (ck *ckptLayer) source(ids []int32) (reference.ExpertSource, error) {
 	}
 	experts := ck.experts
 	return func(e int) *datagen.Expert { return experts[e] }, nil
+}
+
+// writeTrace writes this rank's timeline of the config's last forward to
+// FILE, or FILE with ".cfgNNN" and ".rankRRR" before its extension when there
+// are several configs or ranks.
+func writeTrace(path string, index int, multi bool, rank int, tr backend.Tracer) error {
+	ext := filepath.Ext(path)
+	base := strings.TrimSuffix(path, ext)
+	if multi {
+		base += fmt.Sprintf(".cfg%03d", index)
+	}
+	base += fmt.Sprintf(".rank%03d", rank)
+	f, err := os.Create(base + ext)
+	if err != nil {
+		return err
+	}
+	if err := tr.WriteTrace(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
