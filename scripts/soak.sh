@@ -46,9 +46,9 @@ ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 if [ "$BACKEND" = gpu ]; then
   [ "${ngpu:-0}" -gt 0 ] || { echo "soak: no GPU visible (nvidia-smi -L); SOAK_BACKEND=cpu tests the script on CPUs"; exit 1; }
   W=${W:-$ngpu}
-  TOKENS=${TOKENS:-4096}
+  TOKENS=${TOKENS:-512}
   E=32; [ $((E % W)) -eq 0 ] || E=$((8 * W))
-  read -r -a CFG <<<"${CONFIG:---hidden 2048 --ffn-hidden 2048 --experts $E --topk 2}"
+  read -r -a CFG <<<"${CONFIG:---hidden 1024 --ffn-hidden 1024 --experts $E --topk 2}"
 else
   W=${W:-2}
   TOKENS=${TOKENS:-64}

@@ -81,3 +81,16 @@ type Tracer interface {
 	// counted from the start of the kernel.
 	PhaseSummary() string
 }
+
+// Stager is implemented by backends whose forward has host-side work before
+// the launch (uploading and converting the tokens). The benchmark stages
+// before its host barrier, so that the ranks leave the barrier and enter
+// the forward together and a rank's latency does not include a peer's
+// late start.
+type Stager interface {
+	// Stage prepares the forward of cfg on x; the next call must be
+	// ForwardStaged(cfg).
+	Stage(cfg config.Layer, x []float32) error
+	// ForwardStaged runs the staged forward, as Backend.Forward does.
+	ForwardStaged(cfg config.Layer) (Timing, error)
+}

@@ -244,11 +244,26 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 	// slowest rank's device-measured time.
 	lat := make([]float64, o.Iters)
 	var last backend.Timing
+	// A backend with host work before its launch stages it before the
+	// barrier (generated weights only: a checkpoint layer runs by id).
+	stager, staged := b.(backend.Stager)
+	staged = staged && refs.ck == nil
 	for it := range o.Iters {
+		if staged {
+			if err := stager.Stage(cfg, x); err != nil {
+				return row, fmt.Errorf("stage forward %d: %w", it, err)
+			}
+		}
 		if err := c.Barrier(); err != nil {
 			return row, fmt.Errorf("barrier before forward %d: %w", it, err)
 		}
-		t, err := forward()
+		var t backend.Timing
+		var err error
+		if staged {
+			t, err = stager.ForwardStaged(cfg)
+		} else {
+			t, err = forward()
+		}
 		if err != nil {
 			return row, fmt.Errorf("forward %d: %w", it, err)
 		}

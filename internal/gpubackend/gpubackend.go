@@ -131,13 +131,15 @@ type Backend struct {
 	sym      cuda.DevicePtr // symmetric heap block (nvshmem_malloc)
 	local    cuda.DevicePtr // local block (cuMemAlloc)
 
-	xbuf     []uint16                  // bf16 tokens of the current forward (bf16 mode)
-	graphs   map[string]cuda.GraphExec // Options.Graph: captured forwards by kernel argument
-	last     config.Layer              // the last forward's config
-	haveLast bool
-	launches uint64
-	broken   error // sticky: set by a watchdog trip or a hang; refuses further forwards
-	closed   bool
+	xbuf      []uint16                  // bf16 tokens of the current forward (bf16 mode)
+	staged    bool                      // Stage has run and ForwardStaged has not
+	stagedCfg config.Layer              // the config Stage prepared
+	graphs    map[string]cuda.GraphExec // Options.Graph: captured forwards by kernel argument
+	last      config.Layer              // the last forward's config
+	haveLast  bool
+	launches  uint64
+	broken    error // sticky: set by a watchdog trip or a hang; refuses further forwards
+	closed    bool
 
 	// Options.Trace: the trace buffer (events, then counts) and the last
 	// forward's events once read.
@@ -695,29 +697,39 @@ func gateSplit(tokens, experts, hidden, grid int, tc bool) int {
 	return ks
 }
 
-// Forward runs one forward of cfg.Tokens rows of x. Collective.
+// Forward runs one forward of cfg.Tokens rows of x (collective): Stage, then
+// ForwardStaged.
 func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error) {
+	if err := b.Stage(cfg, x); err != nil {
+		return backend.Timing{}, err
+	}
+	return b.ForwardStaged(cfg)
+}
+
+// Stage uploads this rank's tokens x [T, H] for the next forward of cfg (in
+// bf16 mode converted on the host) and poisons the output with NaN, so that
+// an element the kernel does not write cannot pass verification.
+func (b *Backend) Stage(cfg config.Layer, x []float32) error {
 	// CUDA's current context is per OS thread: stay on one thread for the
 	// whole call (the context is made current below), whichever goroutine
 	// calls. LockOSThread nests, so a caller's own lock is kept.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var tm backend.Timing
 	if err := b.usable(); err != nil {
-		return tm, err
+		return err
 	}
 	if !b.prepared || cfg.Static() != b.static {
-		return tm, fmt.Errorf("forward of %s: Prepare it first (prepared: %v)", cfg.String(), b.static)
+		return fmt.Errorf("forward of %s: Prepare it first (prepared: %v)", cfg.String(), b.static)
 	}
 	if err := cfg.Validate(b.world); err != nil {
-		return tm, err
+		return err
 	}
 	if len(x) != cfg.Tokens*cfg.Hidden {
-		return tm, fmt.Errorf("forward: x has %d values, want T*H = %d*%d", len(x), cfg.Tokens, cfg.Hidden)
+		return fmt.Errorf("forward: x has %d values, want T*H = %d*%d", len(x), cfg.Tokens, cfg.Hidden)
 	}
 	d, lay := b.drv, b.layout
 	if err := d.CtxSetCurrent(b.ctx); err != nil {
-		return tm, err
+		return err
 	}
 	// On the kernel's stream: a synchronous copy from pageable memory may
 	// return before its DMA lands, and the stream does not wait for stream 0.
@@ -732,22 +744,49 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 		xs = b.xbuf[:len(x)]
 	}
 	if err := d.MemcpyHtoDAsync(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.X)), xs, b.stream); err != nil {
-		return tm, fmt.Errorf("upload tokens: %w", err)
+		return fmt.Errorf("upload tokens: %w", err)
 	}
 	if n := uint64(cfg.Tokens * cfg.Hidden); n > 0 {
 		if err := d.MemsetD32Async(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.Out)), 0x7fc00000, n, b.stream); err != nil {
-			return tm, err
+			return err
 		}
 	}
-	arg := b.params(cfg)
 	b.traceCached, b.traceEvs = false, nil
 	if b.traceBuf != 0 {
 		// Every block stores its count at exit; zeroed so that a block that
 		// never got there reads as no events.
 		if err := d.MemsetD32Async(cuda.DevicePtr(uint64(b.traceBuf)+b.traceEvBytes), 0, uint64(b.info.Grid), b.stream); err != nil {
-			return tm, err
+			return err
 		}
 	}
+	// Wait (bounded) until the copies have landed: a forward launched after
+	// Stage starts at once, so that ranks that meet at a barrier between the
+	// two enter the kernel together.
+	if err := d.StreamWait(b.stream, 10*time.Second+b.opt.Watchdog); err != nil {
+		return fmt.Errorf("stage tokens: %w", err)
+	}
+	b.staged, b.stagedCfg = true, cfg
+	runtime.KeepAlive(x)
+	return nil
+}
+
+// ForwardStaged runs the forward of the tokens that Stage uploaded for cfg.
+func (b *Backend) ForwardStaged(cfg config.Layer) (backend.Timing, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var tm backend.Timing
+	if err := b.usable(); err != nil {
+		return tm, err
+	}
+	if !b.staged || b.stagedCfg != cfg {
+		return tm, fmt.Errorf("forward of %s: its tokens were not staged (Stage first)", cfg.String())
+	}
+	b.staged = false
+	d := b.drv
+	if err := d.CtxSetCurrent(b.ctx); err != nil {
+		return tm, err
+	}
+	arg := b.params(cfg)
 	var exec cuda.GraphExec
 	if b.opt.Graph {
 		var err error
@@ -779,7 +818,6 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 		b.broken = fmt.Errorf("rank %d: kernel (launch %d) did not finish within %v: %w; the GPU stays busy until this process exits", b.rank, b.launches, bound, err)
 		return tm, b.broken
 	}
-	runtime.KeepAlive(x)
 	st, err := b.status()
 	if err != nil {
 		b.broken = err
