@@ -212,7 +212,9 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 	w, me := c.Size(), c.Rank()
 	row := Row{Config: cfg}
 	log := env.Log.With().Int("config", index).Logger()
-	x := datagen.Tokens(cfg, me, cfg.Tokens)
+	// The tokens are made after Prepare, which refuses a config that cannot
+	// fit before this rank spends time and host memory on them.
+	var x []float32
 	forward := func() (backend.Timing, error) { return b.Forward(cfg, x) }
 	if refs.ck != nil {
 		// Weights from the checkpoint: the backend holds them as layer 0.
@@ -224,6 +226,7 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 	} else if err := b.Prepare(cfg); err != nil {
 		return row, fmt.Errorf("prepare: %w", err)
 	}
+	x = datagen.Tokens(cfg, me, cfg.Tokens)
 	// The first forward's output, kept to check that every later forward of
 	// the same inputs gives the same bits.
 	if _, err := forward(); err != nil {
