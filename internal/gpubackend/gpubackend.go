@@ -178,7 +178,7 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 	cubin, cinfo, err := b.preflight(localRank)
 	// Every rank learns whether every other rank may go on before anyone
 	// enters NVSHMEM's (unbounded, collective) init.
-	if err = agree(comm, "open the GPU backend", err); err != nil {
+	if err = agree(comm, "checks before any GPU work", err); err != nil {
 		return nil, err
 	}
 	if err = b.startNVSHMEM(); err != nil {
@@ -439,7 +439,7 @@ func (b *Backend) Prepare(cfg config.Layer) error {
 	if err == nil {
 		err = b.checkMemory(lay)
 	}
-	if err = agree(b.comm, "prepare "+cfg.String(), err); err != nil {
+	if err = agree(b.comm, "plan and allocate the buffers", err); err != nil {
 		return err
 	}
 	if err := b.release(); err != nil {
