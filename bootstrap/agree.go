@@ -89,24 +89,34 @@ type agreement struct {
 	Static  config.Static
 }
 
+// GatherJSON all-gathers v from every rank, encoded as JSON, and returns the
+// values indexed by rank; what names the step in errors. Collective.
+func GatherJSON[T any](c transport.Comm, what string, v T) ([]T, error) {
+	mine, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s: encode: %w", what, err)
+	}
+	all, err := c.AllGather(mine)
+	if err != nil {
+		return nil, fmt.Errorf("%s between ranks: %w", what, err)
+	}
+	got := make([]T, len(all))
+	for r, b := range all {
+		if err := json.Unmarshal(b, &got[r]); err != nil {
+			return nil, fmt.Errorf("%s: rank %d sent an unreadable value (%q): %w", what, r, b, err)
+		}
+	}
+	return got, nil
+}
+
 // CheckAgreement all-gathers every rank's static configuration and version
 // and compares them with rank 0's. Every rank gets the same answer: nil, or
 // an error naming the first rank that differs and how, for example
 // "rank 2 runs hidden=1024, rank 0 runs hidden=2048".
 func CheckAgreement(c transport.Comm, st config.Static, ver string) error {
-	mine, err := json.Marshal(agreement{Version: ver, Static: st})
+	got, err := GatherJSON(c, "check agreement", agreement{Version: ver, Static: st})
 	if err != nil {
-		return fmt.Errorf("check agreement: encode: %w", err)
-	}
-	all, err := c.AllGather(mine)
-	if err != nil {
-		return fmt.Errorf("check agreement between ranks: %w", err)
-	}
-	got := make([]agreement, len(all))
-	for r, b := range all {
-		if err := json.Unmarshal(b, &got[r]); err != nil {
-			return fmt.Errorf("check agreement: rank %d sent an unreadable configuration (%q): %w", r, b, err)
-		}
+		return err
 	}
 	var first error
 	differ := 0

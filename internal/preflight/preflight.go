@@ -8,7 +8,6 @@ package preflight
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -17,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/moerun/moerun/bootstrap"
 	"github.com/moerun/moerun/internal/bench"
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/transport"
@@ -261,20 +261,9 @@ func runOf(o bench.Options, backend string) run {
 // would call different collectives and fail much later, after --timeout or
 // with an MPI error that does not say why.
 func CheckSameRun(c transport.Comm, o bench.Options, backend string) error {
-	mine := runOf(o, backend)
-	b, err := json.Marshal(mine)
+	got, err := bootstrap.GatherJSON(c, "check the run options", runOf(o, backend))
 	if err != nil {
-		return fmt.Errorf("check the run options: %w", err)
-	}
-	all, err := c.AllGather(b)
-	if err != nil {
-		return fmt.Errorf("check the run options between ranks: %w", err)
-	}
-	got := make([]run, len(all))
-	for r, x := range all {
-		if err := json.Unmarshal(x, &got[r]); err != nil {
-			return fmt.Errorf("check the run options: rank %d sent %q: %w", r, x, err)
-		}
+		return err
 	}
 	for r := 1; r < len(got); r++ {
 		var theirs, ref []string
