@@ -5,25 +5,27 @@ import (
 
 	"github.com/moerun/moerun/internal/backend"
 	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/gpubackend"
 )
 
 // DevicePtr is a CUDA device address (a CUdeviceptr, e.g. a PyTorch
-// tensor's data_ptr()).
-type DevicePtr uint64
+// tensor's data_ptr()). (The types of this file are defined in the GPU
+// backend, which implements DeviceBackend and is imported by this package.)
+type DevicePtr = gpubackend.DevicePtr
 
 // Stream is a CUDA stream (a CUstream); 0 is the legacy default stream.
-type Stream uint64
+type Stream = gpubackend.Stream
 
 // DeviceWeights are one layer's weights in device memory on this rank's
 // GPU, in the layouts of Weights, with the experts this rank owns stacked by
 // local index (expert Owned().first + j at index j): W1 [E/W, H, I],
 // Wu [E/W, H, I] (swiglu), W2 [E/W, I, H], B1 [E/W, I] and B2 [E/W, H]
 // (relu/gelu); unused ones 0. Elements are float32, or bf16 when the
-// layer's DType is bf16.
-type DeviceWeights struct {
-	Gate               DevicePtr // [H, E]
-	W1, Wu, W2, B1, B2 DevicePtr
-}
+// layer's DType is bf16. The GPU backend copies them (PrepareLayerDevice).
+type DeviceWeights = gpubackend.DeviceWeights
+
+// The GPU backend takes device memory.
+var _ DeviceBackend = (*gpubackend.Backend)(nil)
 
 // DeviceBackend is what a backend implements to take device memory from
 // the caller (the GPU backend; not the CPU backend). Both calls are

@@ -697,3 +697,213 @@ func phaseLine(ps []PhaseStat) string {
 	}
 	return sb.String()
 }
+
+// checkLayerOut compares a forward of c (one rank) with the float64
+// reference of c's seed, within the mode's tolerance.
+func checkLayerOut(t *testing.T, c config.Layer, x []float32, res *backend.Result) {
+	t.Helper()
+	r := reference(t, c, x, res.TopKIdx)
+	tol, _ := tolerances(c.DType)
+	if e := relErr(res.Out, r.out); e > tol || math.IsNaN(e) {
+		t.Errorf("%s: relative error %.3g > %g", c, e, tol)
+	}
+}
+
+// TestLayers prepares several layers on one GPU (world 1) sharing the
+// buffers: layer 0 by Prepare (seed 1), layer 1 from host weights (those of
+// seed 7), layer 2 generated (seed 9) narrower and of another FFN kind,
+// layer 3 (fp32 only) from device weights (seed 11); runs them alternately,
+// each against the float64 reference of its weights, twice (bitwise the
+// same: the layers do not disturb each other); then (fp32) a forward on
+// device pointers on a stream of the test's own, bitwise equal to
+// ForwardLayer's.
+func TestLayers(t *testing.T) {
+	needHopper(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	comm := transport.NewLocal(1, time.Minute).Rank(0)
+	b, err := Open(comm, 0, Options{Watchdog: 2 * time.Second, DebugWithholdPeer: -1,
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := b.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}()
+	for _, dt := range []config.DType{config.FP32, config.BF16} {
+		t.Run(string(dt), func(t *testing.T) {
+			// The test itself calls the driver (device weights, a stream of
+			// its own): CUDA's context is per thread, so pin this goroutine
+			// and make the backend's context current on it.
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if err := b.drv.CtxSetCurrent(b.ctx); err != nil {
+				t.Fatal(err)
+			}
+			c0 := config.Default()
+			c0.Tokens, c0.MaxTokens, c0.Hidden, c0.FFNHidden, c0.Experts, c0.TopK = 0, 200, 128, 192, 8, 2
+			c0.DType, c0.Seed, c0.FFN = dt, 1, config.FFNReLU
+			if err := b.Prepare(c0); err != nil {
+				t.Fatal(err)
+			}
+			c1 := c0
+			c1.Seed = 7
+			w1 := &backend.Weights{Gate: datagen.Gate(c1), Experts: map[int]*datagen.Expert{}}
+			for e := 0; e < c1.Experts; e++ {
+				ex := datagen.ExpertWeights(c1, e)
+				w1.Experts[e] = &ex
+			}
+			if err := b.PrepareLayer(1, c1, w1); err != nil {
+				t.Fatal(err)
+			}
+			c2 := c0
+			c2.Seed, c2.FFNHidden, c2.FFN = 9, 128, config.FFNSwiGLU
+			if err := b.PrepareLayer(2, c2, nil); err != nil {
+				t.Fatal(err)
+			}
+			wide := c0
+			wide.FFNHidden = 256
+			if err := b.PrepareLayer(5, wide, nil); err == nil || !strings.Contains(err.Error(), "ffn-hidden") {
+				t.Errorf("a layer wider than the buffers: %v", err)
+			}
+			ids := []int{0, 1, 2}
+			cfgs := map[int]config.Layer{0: c0, 1: c1, 2: c2}
+			var dw []cuda.DevicePtr
+			if dt == config.FP32 {
+				c3 := c0
+				c3.Seed, c3.FFN = 11, config.FFNGeLU
+				dws, bufs := uploadDeviceWeights(t, b, c3)
+				dw = bufs
+				if err := b.PrepareLayerDevice(3, c3, dws); err != nil {
+					t.Fatal(err)
+				}
+				ids, cfgs[3] = append(ids, 3), c3
+			}
+			defer func() {
+				for _, p := range dw {
+					b.drv.MemFree(p)
+				}
+			}()
+			first := map[int][]float32{}
+			for round := 0; round < 2; round++ {
+				for _, id := range ids {
+					c := cfgs[id]
+					c.Tokens = 37 + 50*id
+					x := datagen.Tokens(c, 0, c.Tokens)
+					var err error
+					if id == 0 && round == 0 {
+						_, err = b.Forward(c, x)
+					} else {
+						_, err = b.ForwardLayer(id, c, x)
+					}
+					if err != nil {
+						t.Fatalf("layer %d: %v", id, err)
+					}
+					res, err := b.Result()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if round == 0 {
+						checkLayerOut(t, c, x, res)
+						first[id] = res.Out
+						continue
+					}
+					for i := range res.Out {
+						if math.Float32bits(res.Out[i]) != math.Float32bits(first[id][i]) {
+							t.Fatalf("layer %d, second round: out[%d] = %g, first round %g", id, i, res.Out[i], first[id][i])
+						}
+					}
+				}
+			}
+			if dt == config.FP32 {
+				for _, id := range ids {
+					c := cfgs[id]
+					c.Tokens = 37 + 50*id
+					deviceForwardCase(t, b, id, c, first[id])
+				}
+			}
+		})
+	}
+}
+
+// uploadDeviceWeights puts c's generated weights for rank 0 of 1 in device
+// memory (fp32), stacked as DeviceWeights says.
+func uploadDeviceWeights(t *testing.T, b *Backend, c config.Layer) (*DeviceWeights, []cuda.DevicePtr) {
+	t.Helper()
+	var bufs []cuda.DevicePtr
+	put := func(v []float32) DevicePtr {
+		p, err := b.drv.MemAlloc(uint64(len(v)) * 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bufs = append(bufs, p)
+		if err := b.drv.MemcpyHtoD(p, v); err != nil {
+			t.Fatal(err)
+		}
+		return DevicePtr(p)
+	}
+	var w1, w2, wu, b1, b2 []float32
+	for e := 0; e < c.Experts; e++ {
+		ex := datagen.ExpertWeights(c, e)
+		w1, w2, wu = append(w1, ex.W1...), append(w2, ex.W2...), append(wu, ex.Wu...)
+		b1, b2 = append(b1, ex.B1...), append(b2, ex.B2...)
+	}
+	w := &DeviceWeights{Gate: put(datagen.Gate(c)), W1: put(w1), W2: put(w2)}
+	if c.FFN == config.FFNSwiGLU {
+		w.Wu = put(wu)
+	} else {
+		w.B1, w.B2 = put(b1), put(b2)
+	}
+	return w, bufs
+}
+
+// deviceForwardCase runs layer id on device pointers on a stream of its
+// own and checks the output bitwise against want (ForwardLayer's), twice
+// in a row without waiting in between (stream order).
+func deviceForwardCase(t *testing.T, b *Backend, id int, c config.Layer, want []float32) {
+	t.Helper()
+	d := b.drv
+	x := datagen.Tokens(c, 0, c.Tokens)
+	n := uint64(len(x)) * 4
+	xd, err := d.MemAlloc(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.MemFree(xd)
+	od, err := d.MemAlloc(2 * n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.MemFree(od)
+	if err := d.MemcpyHtoD(xd, x); err != nil {
+		t.Fatal(err)
+	}
+	s, err := d.StreamCreate(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.StreamDestroy(s)
+	for k := uint64(0); k < 2; k++ {
+		if _, err := b.ForwardLayerDevice(id, c, DevicePtr(xd), DevicePtr(uint64(od)+k*n), Stream(s)); err != nil {
+			t.Fatalf("layer %d on device pointers: %v", id, err)
+		}
+	}
+	if err := d.StreamSynchronize(s); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, 2*len(x))
+	if err := d.MemcpyDtoH(got, od); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range got {
+		if math.Float32bits(v) != math.Float32bits(want[i%len(want)]) {
+			t.Fatalf("layer %d on device pointers: out[%d] = %g, ForwardLayer gave %g", id, i, v, want[i%len(want)])
+		}
+	}
+	// A host forward after device forwards waits for them and still works.
+	if _, err := b.ForwardLayer(id, c, x); err != nil {
+		t.Fatalf("host forward after device forwards: %v", err)
+	}
+}

@@ -124,16 +124,25 @@ type Backend struct {
 	evEnd      cuda.Event
 	haveEvents bool
 
-	// state of the prepared configuration
-	prepared bool
-	static   config.Static
-	layout   symheap.Layout
-	sym      cuda.DevicePtr // symmetric heap block (nvshmem_malloc)
-	local    cuda.DevicePtr // local block (cuMemAlloc)
+	// state of the prepared configuration: the buffers, sized by the
+	// config that allocated them (static), and the layers' weights
+	// (layers.go)
+	prepared   bool
+	static     config.Static
+	layers     map[int]*gpuLayer // by id; Prepare's is 0
+	localUsed  bool              // the local block's weight regions hold layer localOwner
+	localOwner int
+	evDev      cuda.Event // recorded on the caller's stream after each device forward
+	haveEvDev  bool
+	devPending bool // a device forward may still be running (evDev not yet waited for)
+	layout     symheap.Layout
+	sym        cuda.DevicePtr // symmetric heap block (nvshmem_malloc)
+	local      cuda.DevicePtr // local block (cuMemAlloc)
 
 	xbuf      []uint16                  // bf16 tokens of the current forward (bf16 mode)
 	staged    bool                      // Stage has run and ForwardStaged has not
 	stagedCfg config.Layer              // the config Stage prepared
+	stagedID  int                       // the layer Stage prepared
 	graphs    map[string]cuda.GraphExec // Options.Graph: captured forwards by kernel argument
 	last      config.Layer              // the last forward's config
 	haveLast  bool
@@ -419,7 +428,8 @@ func (b *Backend) Layout() symheap.Layout { return b.layout }
 
 // Prepare plans and allocates the memory of cfg (reusing it when the static
 // configuration is unchanged), zeroes the symmetric heap and uploads this
-// rank's experts and the gate. Collective.
+// rank's experts and the gate, as layer 0 (backend.Layers). Reallocating
+// drops every other layer. Collective.
 func (b *Backend) Prepare(cfg config.Layer) error {
 	// CUDA's current context is per OS thread: stay on one thread for the
 	// whole call (the context is made current below), whichever goroutine
@@ -432,14 +442,28 @@ func (b *Backend) Prepare(cfg config.Layer) error {
 	if err := b.drv.CtxSetCurrent(b.ctx); err != nil {
 		return err
 	}
-	if b.prepared && b.static == cfg.Static() {
+	if l := b.layers[0]; b.prepared && b.static == cfg.Static() && l != nil && l.generated && l.static == cfg.Static() {
 		return nil
+	}
+	if err := b.allocate(cfg, nil); err != nil {
+		return err
+	}
+	return b.finishFirst(cfg, b.putLayer(0, cfg, nil))
+}
+
+// allocate plans and allocates the buffers of cfg, replacing any earlier
+// ones (and every layer), and zeroes them. Collective: pre, an error found
+// before (bad weights, say), is agreed on with the plan, so that no rank is
+// left waiting.
+func (b *Backend) allocate(cfg config.Layer, pre error) error {
+	if err := b.quiesce(); err != nil {
+		return err
 	}
 	lay, err := symheap.Plan(cfg, b.world)
 	if err == nil {
 		err = b.checkMemory(lay)
 	}
-	if err = agree(b.comm, "plan and allocate the buffers", err); err != nil {
+	if err = agree(b.comm, "plan and allocate the buffers", errors.Join(pre, err)); err != nil {
 		return err
 	}
 	if err := b.release(); err != nil {
@@ -454,7 +478,7 @@ func (b *Backend) Prepare(cfg config.Layer) error {
 	if b.local, err = b.drv.MemAlloc(lay.LocalTotal); err != nil {
 		return fmt.Errorf("device memory of %s: %w", symheap.Bytes(lay.LocalTotal), err)
 	}
-	b.layout = lay
+	b.layout, b.static = lay, cfg.Static()
 	if b.opt.Trace {
 		b.tracePer = lay.TraceEvents(b.info.Grid)
 		evBytes, total := symheap.TraceBytes(b.info.Grid, b.tracePer)
@@ -477,19 +501,22 @@ func (b *Backend) Prepare(cfg config.Layer) error {
 			return fmt.Errorf("rank %d cannot reach rank %d's GPU by NVLink/PCIe peer access (nvshmem_ptr is NULL): moerun runs on the GPUs of one node with P2P between all of them", b.rank, pe)
 		}
 	}
-	if err := b.upload(cfg, lay); err != nil {
-		return err
+	return nil
+}
+
+// finishFirst ends the preparation of the layer that allocated the buffers
+// (put: its upload's error): every rank waits until every heap is zeroed
+// and every upload has landed before any may launch. Collective.
+func (b *Backend) finishFirst(cfg config.Layer, put error) error {
+	if put == nil {
+		put = b.drv.CtxSynchronize()
 	}
-	if err := b.drv.CtxSynchronize(); err != nil {
-		return err
-	}
-	// No rank may launch before every heap is zeroed.
-	if err := agree(b.comm, "upload weights", nil); err != nil {
+	if err := agree(b.comm, "upload weights", put); err != nil {
 		return err
 	}
 	b.shm.BarrierAll()
-	b.prepared, b.static, b.haveLast = true, cfg.Static(), false
-	b.log.Info().Str("config", cfg.String()).Str("memory", lay.String()).Msg("gpu backend prepared")
+	b.prepared, b.haveLast = true, false
+	b.log.Info().Str("config", cfg.String()).Str("memory", b.layout.String()).Msg("gpu backend prepared")
 	return nil
 }
 
@@ -556,18 +583,27 @@ func parseSize(s string) (uint64, error) {
 	return uint64(math.Ceil(f * mult)), nil
 }
 
-// upload generates and copies the gate and this rank's experts, in the
-// layout and storage of the mode (convert.go): fp32 as generated; tf32 and
-// bf16 with W1, Wu [H][I] and W2 [I][H] transposed (K contiguous) and
-// rounded to tf32 or converted to bf16. Gate and biases: float32.
-func (b *Backend) upload(cfg config.Layer, lay symheap.Layout) error {
-	d, base := b.drv, uint64(b.local)
-	gate := datagen.Gate(cfg)
-	if err := d.MemcpyHtoD(cuda.DevicePtr(symheap.Addr(base, lay.GateW)), gate); err != nil {
+// upload copies the gate and this rank's experts of w (nil: generated from
+// cfg.Seed) to the weight regions at wp, laid out as lay (the layer's own
+// plan), in the layout and storage of the mode (convert.go): fp32 as given;
+// tf32 and bf16 with W1, Wu [H][I] and W2 [I][H] transposed (K contiguous)
+// and rounded to tf32 or converted to bf16. Gate and biases: float32.
+func (b *Backend) upload(cfg config.Layer, lay symheap.Layout, wp weightPtrs, w *backend.Weights) error {
+	d := b.drv
+	var gate []float32
+	if w != nil {
+		gate = w.Gate
+	} else {
+		gate = datagen.Gate(cfg)
+	}
+	if len(gate) != cfg.Hidden*cfg.Experts {
+		return fmt.Errorf("gate: %d values, want %d", len(gate), cfg.Hidden*cfg.Experts)
+	}
+	if err := d.MemcpyHtoD(cuda.DevicePtr(wp.GateW), gate); err != nil {
 		return fmt.Errorf("upload gate: %w", err)
 	}
 	if lay.GateT.Name != "" {
-		if err := d.MemcpyHtoD(cuda.DevicePtr(symheap.Addr(base, lay.GateT)), gatePiecesBF16(gate, cfg.Hidden, cfg.Experts)); err != nil {
+		if err := d.MemcpyHtoD(cuda.DevicePtr(wp.GateT), gatePiecesBF16(gate, cfg.Hidden, cfg.Experts)); err != nil {
 			return fmt.Errorf("upload gate pieces: %w", err)
 		}
 	}
@@ -575,16 +611,26 @@ func (b *Backend) upload(cfg config.Layer, lay symheap.Layout) error {
 	es := uint64(storageBytes(cfg.DType))
 	for le := 0; le < lay.ExpertsPerRank; le++ {
 		e := b.rank*lay.ExpertsPerRank + le
-		ex := datagen.ExpertWeights(cfg, e)
+		var ex datagen.Expert
+		if w != nil {
+			p := w.Experts[e]
+			if p == nil {
+				return fmt.Errorf("expert %d is missing from the weights", e)
+			}
+			ex = *p
+		} else {
+			ex = datagen.ExpertWeights(cfg, e)
+		}
 		l := uint64(le)
 		parts := []struct {
 			r          symheap.Region
-			rows, cols int // of the matrix as datagen makes it ([K][N]); rows 1 for a bias
+			at         uint64 // the region's address
+			rows, cols int    // of the matrix as datagen makes it ([K][N]); rows 1 for a bias
 			data       []float32
 			matrix     bool
 		}{
-			{lay.W1, h, i, ex.W1, true}, {lay.W2, i, h, ex.W2, true}, {lay.Wu, h, i, ex.Wu, true},
-			{lay.B1, 1, i, ex.B1, false}, {lay.B2, 1, h, ex.B2, false},
+			{lay.W1, wp.W1, h, i, ex.W1, true}, {lay.W2, wp.W2, i, h, ex.W2, true}, {lay.Wu, wp.Wu, h, i, ex.Wu, true},
+			{lay.B1, wp.B1, 1, i, ex.B1, false}, {lay.B2, wp.B2, 1, h, ex.B2, false},
 		}
 		for _, p := range parts {
 			if p.r.Name == "" {
@@ -605,11 +651,10 @@ func (b *Backend) upload(cfg config.Layer, lay symheap.Layout) error {
 					host = transposeBF16(p.data, p.rows, p.cols)
 				}
 			}
-			dst := symheap.Addr(base, p.r) + l*each*elem
-			if dst+each*elem > symheap.Addr(base, p.r)+p.r.Size {
+			if p.at == 0 || (l+1)*each*elem > p.r.Size {
 				return fmt.Errorf("expert %d %s: %d bytes at %d overrun the region of %d", e, p.r.Name, each*elem, l*each*elem, p.r.Size)
 			}
-			if err := d.MemcpyHtoD(cuda.DevicePtr(dst), host); err != nil {
+			if err := d.MemcpyHtoD(cuda.DevicePtr(p.at+l*each*elem), host); err != nil {
 				return fmt.Errorf("upload expert %d %s: %w", e, p.r.Name, err)
 			}
 		}
@@ -628,12 +673,19 @@ func dtypeCode(d config.DType) int32 {
 	return kernels.DTypeFP32
 }
 
-// params fills the kernel's argument for a forward of cfg.
+// params fills the kernel's argument for a forward of cfg with the weights
+// in the local block (Prepare's layer).
 func (b *Backend) params(cfg config.Layer) kernels.Params {
+	return b.paramsFor(cfg, localWeights(uint64(b.local), b.layout))
+}
+
+// paramsFor fills the kernel's argument for a forward of cfg with the
+// weights at wp (cfg.FFNHidden may be below the buffers' width).
+func (b *Backend) paramsFor(cfg config.Layer, wp weightPtrs) kernels.Params {
 	lay, sym, loc := b.layout, uint64(b.sym), uint64(b.local)
 	t := cfg.Tokens
 	p := kernels.Params{
-		Tokens: int32(t), MaxTokens: int32(lay.MaxTokens), Hidden: int32(lay.Hidden), FFNHidden: int32(lay.FFNHidden),
+		Tokens: int32(t), MaxTokens: int32(lay.MaxTokens), Hidden: int32(lay.Hidden), FFNHidden: int32(cfg.FFNHidden),
 		Experts: int32(lay.Experts), TopK: int32(lay.TopK), World: int32(b.world), Rank: int32(b.rank),
 		ExpertsPerRank: int32(lay.ExpertsPerRank), RowsPerSource: int32(lay.RowsPerSource),
 		Capacity: int32(cfg.Capacity(t)), FFN: ffnCode(cfg.FFN), DType: dtypeCode(cfg.DType), Route: kernels.RouteSoftmax,
@@ -644,11 +696,10 @@ func (b *Backend) params(cfg config.Layer) kernels.Params {
 		OffSeq: lay.Seq.Off, OffStatus: lay.Status.Off,
 		X: symheap.Addr(loc, lay.X), Out: symheap.Addr(loc, lay.Out), Logits: symheap.Addr(loc, lay.Logits),
 		LogitsPart: symheap.Addr(loc, lay.LogitsPart), TopKIdx: symheap.Addr(loc, lay.TopKIdx), TopKW: symheap.Addr(loc, lay.TopKW),
-		GateW: symheap.Addr(loc, lay.GateW), W1: symheap.Addr(loc, lay.W1), B1: symheap.Addr(loc, lay.B1),
-		W2: symheap.Addr(loc, lay.W2), B2: symheap.Addr(loc, lay.B2), Wu: symheap.Addr(loc, lay.Wu),
+		GateW: wp.GateW, W1: wp.W1, B1: wp.B1, W2: wp.W2, B2: wp.B2, Wu: wp.Wu,
 		Inter: symheap.Addr(loc, lay.Inter), RouteList: symheap.Addr(loc, lay.RouteList), RouteCount: symheap.Addr(loc, lay.RouteCount),
 		Sched: symheap.Addr(loc, lay.Sched), RTDesc: symheap.Addr(loc, lay.RTDesc), TileDone: symheap.Addr(loc, lay.TileDone),
-		G1List: symheap.Addr(loc, lay.G1List), GateT: symheap.Addr(loc, lay.GateT), Flags: b.flags,
+		G1List: symheap.Addr(loc, lay.G1List), GateT: wp.GateT, Flags: b.flags,
 	}
 	if b.traceBuf != 0 {
 		p.Trace, p.TraceCounts, p.TraceCap = uint64(b.traceBuf), uint64(b.traceBuf)+b.traceEvBytes, int32(b.tracePer)
@@ -708,8 +759,14 @@ func (b *Backend) Forward(cfg config.Layer, x []float32) (backend.Timing, error)
 
 // Stage uploads this rank's tokens x [T, H] for the next forward of cfg (in
 // bf16 mode converted on the host) and poisons the output with NaN, so that
-// an element the kernel does not write cannot pass verification.
+// an element the kernel does not write cannot pass verification. It stages
+// layer 0 (Prepare's); ForwardLayer stages other layers.
 func (b *Backend) Stage(cfg config.Layer, x []float32) error {
+	return b.stage(0, cfg, x)
+}
+
+// stage is Stage of layer id.
+func (b *Backend) stage(id int, cfg config.Layer, x []float32) error {
 	// CUDA's current context is per OS thread: stay on one thread for the
 	// whole call (the context is made current below), whichever goroutine
 	// calls. LockOSThread nests, so a caller's own lock is kept.
@@ -718,8 +775,8 @@ func (b *Backend) Stage(cfg config.Layer, x []float32) error {
 	if err := b.usable(); err != nil {
 		return err
 	}
-	if !b.prepared || cfg.Static() != b.static {
-		return fmt.Errorf("forward of %s: Prepare it first (prepared: %v)", cfg.String(), b.static)
+	if _, err := b.layerFor(id, cfg); err != nil {
+		return err
 	}
 	if err := cfg.Validate(b.world); err != nil {
 		return err
@@ -729,6 +786,11 @@ func (b *Backend) Stage(cfg config.Layer, x []float32) error {
 	}
 	d, lay := b.drv, b.layout
 	if err := d.CtxSetCurrent(b.ctx); err != nil {
+		return err
+	}
+	// The tokens' and outputs' buffers are shared with device forwards
+	// queued on a caller's stream: wait for the last one.
+	if err := b.quiesce(); err != nil {
 		return err
 	}
 	// On the kernel's stream: a synchronous copy from pageable memory may
@@ -765,7 +827,7 @@ func (b *Backend) Stage(cfg config.Layer, x []float32) error {
 	if err := d.StreamWait(b.stream, 10*time.Second+b.opt.Watchdog); err != nil {
 		return fmt.Errorf("stage tokens: %w", err)
 	}
-	b.staged, b.stagedCfg = true, cfg
+	b.staged, b.stagedCfg, b.stagedID = true, cfg, id
 	runtime.KeepAlive(x)
 	return nil
 }
@@ -786,7 +848,11 @@ func (b *Backend) ForwardStaged(cfg config.Layer) (backend.Timing, error) {
 	if err := d.CtxSetCurrent(b.ctx); err != nil {
 		return tm, err
 	}
-	arg := b.params(cfg)
+	l, err := b.layerFor(b.stagedID, cfg)
+	if err != nil {
+		return tm, err
+	}
+	arg := b.paramsFor(cfg, l.wp)
 	var exec cuda.GraphExec
 	if b.opt.Graph {
 		var err error
@@ -803,7 +869,7 @@ func (b *Backend) ForwardStaged(cfg config.Layer) (backend.Timing, error) {
 			b.broken = fmt.Errorf("kernel graph launch failed: %w", err)
 			return tm, b.broken
 		}
-	} else if err := b.launch(cfg.DType, arg.Bytes()); err != nil {
+	} else if err := b.launch(cfg.DType, arg.Bytes(), b.stream); err != nil {
 		b.broken = fmt.Errorf("kernel launch failed: %w", err)
 		return tm, b.broken
 	}
@@ -839,11 +905,11 @@ func (b *Backend) ForwardStaged(cfg config.Layer) (backend.Timing, error) {
 	return tm, nil
 }
 
-// launch queues one cooperative launch of the kernel for mode d on the stream.
-func (b *Backend) launch(d config.DType, arg []byte) error {
+// launch queues one cooperative launch of the kernel for mode d on stream s.
+func (b *Backend) launch(d config.DType, arg []byte, s cuda.Stream) error {
 	grid := [3]uint32{uint32(b.info.Grid), 1, 1}
 	block := [3]uint32{kernels.Threads, 1, 1}
-	return b.drv.LaunchCooperative(b.fn, grid, block, phaseBytes(d), b.stream, arg)
+	return b.drv.LaunchCooperative(b.fn, grid, block, phaseBytes(d), s, arg)
 }
 
 // phaseBytes is the dynamic shared memory of a launch in mode d.
@@ -872,7 +938,7 @@ func (b *Backend) graphFor(mode config.DType, arg []byte) (cuda.GraphExec, error
 	if err := d.StreamBeginCapture(b.stream, cuda.CaptureModeThreadLocal); err != nil {
 		return 0, fmt.Errorf("graph capture of the forward: %w", err)
 	}
-	lerr := b.launch(mode, arg)
+	lerr := b.launch(mode, arg, b.stream)
 	g, err := d.StreamEndCapture(b.stream)
 	if lerr != nil || err != nil {
 		if err == nil {
@@ -993,6 +1059,7 @@ func (b *Backend) usable() error {
 func (b *Backend) release() error {
 	var errs []error
 	b.dropGraphs()
+	errs = append(errs, b.dropLayers())
 	if b.local != 0 {
 		errs = append(errs, b.drv.MemFree(b.local))
 		b.local = 0
@@ -1031,6 +1098,12 @@ func (b *Backend) Close() error {
 		errs = append(errs, b.drv.CtxSetCurrent(b.ctx))
 	}
 	hung := false
+	if b.devPending {
+		if err := b.drv.EventWait(b.evDev, 5*time.Second); err != nil {
+			hung = true
+			errs = append(errs, fmt.Errorf("close: a forward on the caller's stream is still running: %w", err))
+		}
+	}
 	if b.haveStream {
 		if err := b.drv.StreamWait(b.stream, 5*time.Second); err != nil {
 			hung = true
@@ -1047,6 +1120,9 @@ func (b *Backend) Close() error {
 	}
 	if b.haveEvents {
 		errs = append(errs, b.drv.EventDestroy(b.evStart), b.drv.EventDestroy(b.evEnd))
+	}
+	if b.haveEvDev {
+		errs = append(errs, b.drv.EventDestroy(b.evDev))
 	}
 	if b.haveStream {
 		errs = append(errs, b.drv.StreamDestroy(b.stream))

@@ -1,0 +1,226 @@
+package gpubackend
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+
+	"github.com/moerun/moerun/internal/backend"
+	"github.com/moerun/moerun/internal/config"
+	"github.com/moerun/moerun/internal/cuda"
+	"github.com/moerun/moerun/internal/datagen"
+	"github.com/moerun/moerun/symheap"
+)
+
+// DevicePtr, Stream and DeviceWeights are package rank's types of the same
+// names (rank aliases them: rank imports this package, so they are defined
+// here for the GPU backend to implement rank.DeviceBackend).
+
+// DevicePtr is a CUDA device address (a CUdeviceptr).
+type DevicePtr uint64
+
+// Stream is a CUDA stream (a CUstream); 0 is the legacy default stream.
+type Stream uint64
+
+// DeviceWeights are one layer's weights in device memory on this rank's
+// GPU, in the layouts of backend.Weights, with the experts this rank owns
+// stacked by local index: W1 [E/W, H, I], Wu [E/W, H, I] (swiglu),
+// W2 [E/W, I, H], B1 [E/W, I] and B2 [E/W, H] (relu/gelu); unused ones 0.
+// Elements are float32, or bf16 when the layer's DType is bf16.
+type DeviceWeights struct {
+	Gate               DevicePtr // [H, E]
+	W1, Wu, W2, B1, B2 DevicePtr
+}
+
+// PrepareLayerDevice loads layer id's weights from device memory: it copies
+// them (through the host, where the mode's transposition and rounding are
+// done, as PrepareLayer's upload does), so the caller's buffers are free
+// again when it returns. Collective, as PrepareLayer.
+func (b *Backend) PrepareLayerDevice(id int, cfg config.Layer, w *DeviceWeights) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := b.usable(); err != nil {
+		return err
+	}
+	hw, err := b.readDeviceWeights(cfg, w)
+	// Even with an error: the first layer's allocation is collective.
+	return b.prepareLayer(id, cfg, hw, err)
+}
+
+// readDeviceWeights copies device weights to the host as backend.Weights.
+func (b *Backend) readDeviceWeights(cfg config.Layer, w *DeviceWeights) (*backend.Weights, error) {
+	if w == nil || w.Gate == 0 || w.W1 == 0 || w.W2 == 0 {
+		return nil, fmt.Errorf("device weights need at least the gate, W1 and W2")
+	}
+	swiglu := cfg.FFN == config.FFNSwiGLU
+	if swiglu && w.Wu == 0 {
+		return nil, fmt.Errorf("device weights of a swiglu layer need Wu (the up projection)")
+	}
+	if !swiglu && (w.B1 == 0 || w.B2 == 0) {
+		return nil, fmt.Errorf("device weights of a %s layer need the biases B1 and B2", cfg.FFN)
+	}
+	if err := b.drv.CtxSetCurrent(b.ctx); err != nil {
+		return nil, err
+	}
+	el := cfg.Experts / b.world
+	if el*b.world != cfg.Experts || el == 0 {
+		return nil, fmt.Errorf("experts %d do not divide among %d ranks", cfg.Experts, b.world)
+	}
+	h, in := cfg.Hidden, cfg.FFNHidden
+	read := func(name string, p DevicePtr, n int) ([]float32, error) {
+		out := make([]float32, n)
+		var err error
+		if cfg.DType == config.BF16 {
+			raw := make([]uint16, n)
+			if err = b.drv.MemcpyDtoH(raw, cuda.DevicePtr(p)); err == nil {
+				for i, v := range raw {
+					out[i] = math.Float32frombits(uint32(v) << 16)
+				}
+			}
+		} else {
+			err = b.drv.MemcpyDtoH(out, cuda.DevicePtr(p))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s (%d values) from device memory: %w", name, n, err)
+		}
+		return out, nil
+	}
+	hw := &backend.Weights{Experts: map[int]*datagen.Expert{}}
+	var err error
+	if hw.Gate, err = read("the gate", w.Gate, h*cfg.Experts); err != nil {
+		return nil, err
+	}
+	stack := map[string]struct {
+		p    DevicePtr
+		each int
+	}{"W1": {w.W1, h * in}, "W2": {w.W2, in * h}}
+	if swiglu {
+		stack["Wu"] = struct {
+			p    DevicePtr
+			each int
+		}{w.Wu, h * in}
+	} else {
+		stack["B1"] = struct {
+			p    DevicePtr
+			each int
+		}{w.B1, in}
+		stack["B2"] = struct {
+			p    DevicePtr
+			each int
+		}{w.B2, h}
+	}
+	all := map[string][]float32{}
+	for name, s := range stack {
+		if all[name], err = read(name, s.p, el*s.each); err != nil {
+			return nil, err
+		}
+	}
+	part := func(name string, j int) []float32 {
+		v, ok := all[name]
+		if !ok {
+			return nil
+		}
+		n := stack[name].each
+		return v[j*n : (j+1)*n : (j+1)*n]
+	}
+	for j := 0; j < el; j++ {
+		hw.Experts[b.rank*el+j] = &datagen.Expert{W1: part("W1", j), W2: part("W2", j), Wu: part("Wu", j), B1: part("B1", j), B2: part("B2", j)}
+	}
+	return hw, nil
+}
+
+// deviceInputOK says whether a forward of cfg can take its tokens from
+// device memory as they are: float32 tokens in fp32 and tf32 mode (the
+// kernel's token buffer holds them as given). bf16 mode would need the
+// tokens converted on the device, which is not done yet.
+func deviceInputOK(cfg config.Layer) error {
+	if cfg.DType == config.BF16 {
+		return fmt.Errorf("a forward on device pointers in bf16 mode is not supported yet (the tokens would need converting on the device): run it with host memory (ForwardLayer), or in fp32/tf32 mode")
+	}
+	return nil
+}
+
+// ForwardLayerDevice enqueues one forward of layer id on the caller's
+// stream (rank.DeviceBackend): x and out are [cfg.Tokens, H] float32 in
+// device memory. Collective.
+//
+// Ordering: everything is enqueued on stream, in stream order: the copy of
+// x into the kernel's token buffer, the kernel, and the copy of the output
+// into out. It returns without waiting: out is ready for work enqueued on
+// stream after this call, and x may be overwritten by such work. The
+// backend's buffers are shared by all layers, so a later forward (on any
+// stream) is ordered after this one: a device forward makes its stream wait
+// for the previous device forward (an event), and a host forward, a
+// PrepareLayer or Close waits for it on the host. A kernel failure
+// (watchdog) of a device forward is reported by the next host-side call
+// that waits for it (ForwardLayer, PrepareLayer); another device forward
+// does not see it.
+//
+// The timing has no elapsed time (nothing is measured without waiting) and
+// SMUtil -1. Graph replay and the per-block trace are not used here.
+func (b *Backend) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr, stream Stream) (backend.Timing, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tm := backend.Timing{SMUtil: -1}
+	if err := b.usable(); err != nil {
+		return tm, err
+	}
+	l, err := b.layerFor(id, cfg)
+	if err != nil {
+		return tm, err
+	}
+	if err := cfg.Validate(b.world); err != nil {
+		return tm, err
+	}
+	if err := deviceInputOK(cfg); err != nil {
+		return tm, err
+	}
+	n := uint64(cfg.Tokens) * uint64(cfg.Hidden) * 4
+	if n > 0 && (x == 0 || out == 0) {
+		return tm, fmt.Errorf("forward of layer %d: %d tokens with a null device pointer", id, cfg.Tokens)
+	}
+	if b.staged {
+		return tm, fmt.Errorf("forward of layer %d on device pointers: a staged forward (Stage) has not run", id)
+	}
+	d, lay, s := b.drv, b.layout, cuda.Stream(stream)
+	if err := d.CtxSetCurrent(b.ctx); err != nil {
+		return tm, err
+	}
+	if !b.haveEvDev {
+		if b.evDev, err = d.EventCreate(); err != nil {
+			return tm, err
+		}
+		b.haveEvDev = true
+	}
+	if b.devPending {
+		if err := d.StreamWaitEvent(s, b.evDev); err != nil {
+			return tm, err
+		}
+	}
+	if n > 0 {
+		if err := d.MemcpyDtoDAsync(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.X)), cuda.DevicePtr(x), n, s); err != nil {
+			return tm, fmt.Errorf("copy tokens: %w", err)
+		}
+	}
+	p := b.paramsFor(cfg, l.wp)
+	p.Trace, p.TraceCounts, p.TraceCap = 0, 0, 0
+	if err := b.launch(cfg.DType, p.Bytes(), s); err != nil {
+		b.broken = fmt.Errorf("kernel launch failed: %w", err)
+		return tm, b.broken
+	}
+	b.launches++
+	// From here the shared buffers are in use on the caller's stream.
+	b.devPending, b.haveLast = true, false
+	b.traceCached, b.traceEvs = false, nil
+	if n > 0 {
+		if err := d.MemcpyDtoDAsync(cuda.DevicePtr(out), cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.Out)), n, s); err != nil {
+			b.broken = fmt.Errorf("copy the output: %w", err)
+			return tm, b.broken
+		}
+	}
+	if err := d.EventRecord(b.evDev, s); err != nil {
+		b.broken = fmt.Errorf("record the forward's end on the caller's stream: %w", err)
+		return tm, b.broken
+	}
+	return tm, nil
+}
