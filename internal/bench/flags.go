@@ -102,6 +102,49 @@ func (l floatList) Set(s string) error {
 	return nil
 }
 
+// flagHint ends the flag package's errors, which the usage text no longer
+// follows.
+const flagHint = " (moerun bench -h lists the flags)"
+
+// durationFlag parses a duration and, unlike flag.Duration, says what it
+// wants when the value is not one.
+type durationFlag struct{ d *time.Duration }
+
+func (f durationFlag) String() string {
+	if f.d == nil {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration: give a number with a unit, such as 10s or 500ms", s)
+	}
+	*f.d = v
+	return nil
+}
+
+// seedFlag parses the seed, naming its range on error.
+type seedFlag struct{ v *uint64 }
+
+func (f seedFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return strconv.FormatUint(*f.v, 10)
+}
+
+func (f seedFlag) Set(s string) error {
+	v, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return fmt.Errorf("%q is not a seed: give a whole number from 0 to 18446744073709551615", s)
+	}
+	*f.v = v
+	return nil
+}
+
 // enumList parses comma lists of one of the config enums.
 type enumList[T ~string] struct {
 	v     *[]T
@@ -158,8 +201,10 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 		LogLevel: "info", DebugWithholdSignal: -1,
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, Usage); fs.PrintDefaults() }
+	// The flag package prints the usage on every error; a bad value gets
+	// one line naming it (the caller prints the error) and -h the usage.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	route := string(o.Route)
 	fs.StringVar(&o.Backend, "backend", "", "cpu or gpu (default: gpu if a GPU is visible, else cpu)")
 	fs.Var(intList{&o.Tokens}, "tokens", "* tokens per rank T (default 8192)")
@@ -173,7 +218,7 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.Var(floatList{&o.CapacityFactor}, "capacity-factor", "* capacity factor; 0 is dropless (default 0)")
 	fs.BoolVar(&o.NoRenorm, "no-renorm", false, "do not renormalise the top-k weights to sum 1")
 	fs.StringVar(&route, "route", route, "softmax, or skew: every token picks experts 0..k-1 (for tests)")
-	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed of the generated weights and tokens")
+	fs.Var(seedFlag{&o.Seed}, "seed", "seed of the generated weights and tokens")
 	fs.IntVar(&o.Iters, "iters", o.Iters, "timed forwards per config")
 	fs.IntVar(&o.Warmup, "warmup", o.Warmup, "untimed forwards per config before timing")
 	fs.BoolVar(&o.Verify, "verify", false, "check every rank's output against the float64 reference; exit 1 on failure")
@@ -182,14 +227,20 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.Trace, "trace", "", "write each rank's Chrome/Perfetto trace of the kernel's tasks in the last forward of each config to FILE with .rankRRR (and .cfgNNN) before the extension (GPU backend)")
 	fs.BoolVar(&o.Graph, "graph", false, "replay each forward from a captured CUDA graph (GPU backend)")
 	fs.StringVar(&o.Cubin, "cubin", "", "kernel image to load instead of the embedded one (also MOERUN_CUBIN)")
-	fs.DurationVar(&o.Watchdog, "watchdog", o.Watchdog, "bound on every wait inside the kernel; a tripped runtime refuses further forwards")
-	fs.DurationVar(&o.Timeout, "timeout", o.Timeout, "bound on every host-side wait for other ranks")
+	fs.Var(durationFlag{&o.Watchdog}, "watchdog", "bound on every wait inside the kernel; a tripped runtime refuses further forwards")
+	fs.Var(durationFlag{&o.Timeout}, "timeout", "bound on every host-side wait for other ranks")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
 	fs.IntVar(&o.DebugWithholdSignal, "debug-withhold-signal", -1, "debug: this rank withholds its dispatch signal to the next rank, to test the watchdog")
 	fs.StringVar(&o.Weights, "weights", "", "Hugging Face checkpoint folder (config.json + safetensors): run its MoE layer --layer instead of generated weights; the shape comes from it, the tokens from --seed")
 	fs.IntVar(&o.Layer, "layer", 0, "with --weights: the index N of the decoder layer model.layers.N to run")
 	if err := fs.Parse(args); err != nil {
-		return o, err
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprint(stderr, Usage)
+			fs.PrintDefaults()
+			return o, err
+		}
+		return o, fmt.Errorf("%w%s", err, flagHint)
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (flags only)", fs.Arg(0))

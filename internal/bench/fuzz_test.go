@@ -187,7 +187,9 @@ func checkFlagError(t *testing.T, args []string, err error) {
 	lines := strings.Split(err.Error(), "\n")
 	for _, p := range []string{"flag provided but not defined: ", "bad flag syntax: ", "flag needs an argument: ", "invalid "} {
 		if strings.HasPrefix(err.Error(), p) {
-			lines = []string{err.Error()} // package flag's one error; a name may hold a newline
+			// package flag's one error (a name may hold a newline), with
+			// ParseFlags' pointer to -h after it
+			lines = []string{strings.TrimSuffix(err.Error(), flagHint)}
 		}
 	}
 	for _, line := range lines {

@@ -126,7 +126,7 @@ func (c Layer) Validate(world int) error {
 		bad("topk %d: must not exceed experts %d", c.TopK, c.Experts)
 	}
 	if c.MaxTokens < 0 || c.MaxTokens > MaxTokens {
-		bad("max-tokens %d: must be in [0, %d]", c.MaxTokens, MaxTokens)
+		bad("max-tokens %d: must be in [0, %d] (without --max-tokens it is the largest --tokens)", c.MaxTokens, MaxTokens)
 	}
 	if c.Tokens < 0 {
 		bad("tokens %d: must not be negative", c.Tokens)
