@@ -93,21 +93,7 @@ func (r *Runtime) layerConfig(cfg config.Layer) (config.Layer, error) {
 	if err := cfg.Validate(r.comm.Size()); err != nil {
 		return cfg, err
 	}
-	s := r.shape
-	var diff []string
-	field := func(name string, got, want any) {
-		if got != want {
-			diff = append(diff, fmt.Sprintf("%s %v (the runtime's is %v)", name, got, want))
-		}
-	}
-	field("hidden", cfg.Hidden, s.Hidden)
-	field("experts", cfg.Experts, s.Experts)
-	field("topk", cfg.TopK, s.TopK)
-	field("max-tokens", cfg.MaxTokens, s.MaxTokens)
-	field("dtype", cfg.DType, s.DType)
-	if cfg.FFNHidden > s.FFNHidden {
-		diff = append(diff, fmt.Sprintf("ffn-hidden %d (the runtime's buffers hold at most %d)", cfg.FFNHidden, s.FFNHidden))
-	}
+	diff := cfg.MisfitsShape(r.shape.Static(), "the runtime's")
 	if len(diff) > 0 {
 		return cfg, fmt.Errorf("the layer does not fit the runtime's shape: %v; open the runtime with a shape that fits every layer", diff)
 	}

@@ -184,6 +184,28 @@ func (c Layer) Static() Static {
 	return Static{c.Hidden, c.FFNHidden, c.Experts, c.TopK, c.MaxTokens, c.FFN, c.DType, c.Seed}
 }
 
+// MisfitsShape lists how c fails to run in buffers sized for the static
+// part s: hidden, experts, topk, max-tokens and dtype must be the same and
+// ffn-hidden no larger (the FFN kind and the seed may differ). whose names
+// the buffers' owner in the messages ("the runtime's"). Empty when c fits.
+func (c Layer) MisfitsShape(s Static, whose string) []string {
+	var diff []string
+	field := func(name string, got, want any) {
+		if got != want {
+			diff = append(diff, fmt.Sprintf("%s %v (%s is %v)", name, got, whose, want))
+		}
+	}
+	field("hidden", c.Hidden, s.Hidden)
+	field("experts", c.Experts, s.Experts)
+	field("topk", c.TopK, s.TopK)
+	field("max-tokens", c.MaxTokens, s.MaxTokens)
+	field("dtype", c.DType, s.DType)
+	if c.FFNHidden > s.FFNHidden {
+		diff = append(diff, fmt.Sprintf("ffn-hidden %d (%s is %d; a layer may only be narrower)", c.FFNHidden, whose, s.FFNHidden))
+	}
+	return diff
+}
+
 // String is a compact human-readable form, used in logs and errors.
 func (c Layer) String() string {
 	return fmt.Sprintf("T=%d H=%d I=%d E=%d k=%d ffn=%s dtype=%s cf=%g renorm=%t route=%s seed=%d",

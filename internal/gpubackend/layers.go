@@ -64,20 +64,7 @@ func ownBytes(lay symheap.Layout) uint64 { return lay.LocalTotal - lay.GateW.Off
 // dtype must be the same; ffn-hidden may be narrower; the FFN kind and the
 // seed may differ.
 func fitsShape(s config.Static, cfg config.Layer) error {
-	var diff []string
-	field := func(name string, got, want any) {
-		if got != want {
-			diff = append(diff, fmt.Sprintf("%s %v (the buffers' is %v)", name, got, want))
-		}
-	}
-	field("hidden", cfg.Hidden, s.Hidden)
-	field("experts", cfg.Experts, s.Experts)
-	field("topk", cfg.TopK, s.TopK)
-	field("max-tokens", cfg.MaxTokens, s.MaxTokens)
-	field("dtype", cfg.DType, s.DType)
-	if cfg.FFNHidden > s.FFNHidden {
-		diff = append(diff, fmt.Sprintf("ffn-hidden %d (the buffers hold at most %d)", cfg.FFNHidden, s.FFNHidden))
-	}
+	diff := cfg.MisfitsShape(s, "the buffers'")
 	if len(diff) == 0 {
 		return nil
 	}
