@@ -36,6 +36,21 @@ constexpr int kPhaseBytes = MOE_PHASE_BYTES;
 constexpr int kSimtPhaseBytes = MOE_SIMT_PHASE_BYTES;
 static_assert(kSimtPhaseBytes <= kPhaseBytes, "phase sizes");
 static_assert(2 * (kMaxExperts + 1) * 4 <= kSimtPhaseBytes, "prefix tables fit the fp32 phase buffer");
+// In tf32/bf16 mode the buffer starts at the first MOE_PHASE_ALIGN boundary of
+// the dynamic shared memory (the wgmma swizzle needs 1024-byte aligned
+// stages); kPhaseBytes pays for the shift, kTcPhaseUsable is what is left.
+constexpr int kPhaseAlign = MOE_PHASE_ALIGN;
+constexpr int kTcPhaseUsable = kPhaseBytes - kPhaseAlign;
+
+// The phase buffer of a launch: raw (the dynamic shared memory) rounded up
+// to kPhaseAlign in the tensor-core modes, as is in fp32 mode (its smaller
+// buffer has no room to shift, and the SIMT tiles need only 128 bytes).
+__device__ __forceinline__ unsigned char* phase_base(unsigned char* raw, bool tensor_cores) {
+  if (!tensor_cores) return raw;
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
+  const uint32_t pad = (kPhaseAlign - (a & (kPhaseAlign - 1))) & (kPhaseAlign - 1);
+  return raw + pad;
+}
 
 // Static shared memory of one block; the phase buffer is dynamic.
 struct Shared {
@@ -51,7 +66,7 @@ struct Shared {
 struct Ctx {
   const MoeParams& p;
   Shared& sh;
-  unsigned char* phase;  // the phase buffer (dynamic shared memory), 128-byte aligned
+  unsigned char* phase;  // the phase buffer (phase_base): 1024-byte aligned in tf32/bf16 mode
   uint64_t seq;
   uint64_t busy;   // thread 0: ns spent in task work
   uint64_t bytes;  // thread 0 / lane 0s: payload bytes stored to other PEs

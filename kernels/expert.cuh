@@ -145,7 +145,17 @@ __device__ inline bool os_subscribe(Ctx& c) {
 
 // Thread 0 picks the block's next task. Returns kTaskExit when all work has
 // been handed out, kTaskNone after an abort.
-__device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& rt, int& nt) {
+//
+// Both queues hand out tickets with atomicAdd, never a compare-and-swap race:
+// a block holds at most one ticket of each kind and keeps it until the task
+// behind it exists (GEMM0: its source's rows have arrived; GEMM1: its row
+// tile's GEMM0 is complete). With a CAS on the GEMM1 head, the blocks that had
+// just finished a task always won the race (their read and CAS were back to
+// back) while the ones that had been waiting kept losing it: at T = 8192 about
+// half the grid sat idle through the whole GEMM1 phase (trace, 2x H200).
+// Tickets are served in order, so every block gets work as soon as there is
+// work for it.
+__device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_ticket, int& rt, int& nt) {
   const MoeParams& p = c.p;
   MoeSched* s = sched_of(p);
   const int W = p.world;
@@ -158,6 +168,26 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& rt, 
   for (;;) {
     const int narr = static_cast<int>(ld_acquire_gpu_u32(&s->arr_n));
     const bool all = narr == W;
+    // GEMM1 first: a ready GEMM1 task is later in its row tile's life than
+    // any GEMM0 task, and its block would otherwise hold it back.
+    if (g1_ticket < 0) g1_ticket = static_cast<int>(atomicAdd(&s->g1_head, 1u));
+    const uint32_t avail = ld_acquire_gpu_u32(&s->g1_tail) * static_cast<uint32_t>(nt1);
+    if (static_cast<uint32_t>(g1_ticket) < avail) {
+      const uint32_t slot = static_cast<uint32_t>(g1_ticket) / nt1;
+      nt = g1_ticket % nt1;
+      const uint64_t ts = globaltimer();
+      unsigned sns = 16;
+      for (;;) {  // the slot's row tile is written right after the tail moved
+        const uint32_t v = ld_acquire_gpu_u32(reinterpret_cast<const uint32_t*>(p.g1_list) + slot);
+        if (v != 0) {
+          rt = static_cast<int>(v) - 1;
+          g1_ticket = -1;
+          return kTaskG1;
+        }
+        if (wait_expired(c, ts, p.watchdog_ns, MOE_WAIT_SLOT, -1, slot, 0)) return kTaskNone;
+        __nanosleep(sns);
+      }
+    }
     if (!g0_done && g0_ticket < 0) g0_ticket = static_cast<int>(atomicAdd(&s->g0_next, 1u));
     if (g0_ticket >= 0) {
       if (g0_ticket < ld_cg(&s->arr_task0[narr])) {
@@ -174,29 +204,10 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& rt, 
         g0_done = true;
       }
     }
-    // GEMM1: reserve only tasks whose row tile is already queued.
-    const uint32_t avail = ld_acquire_gpu_u32(&s->g1_tail) * static_cast<uint32_t>(nt1);
-    uint32_t head = ld_relaxed_gpu_u32(&s->g1_head);
-    while (head < avail) {
-      const uint32_t old = atomicCAS(&s->g1_head, head, head + 1);
-      if (old == head) {
-        const uint32_t slot = head / nt1;
-        nt = static_cast<int>(head % nt1);
-        const uint64_t ts = globaltimer();
-        unsigned sns = 16;
-        for (;;) {
-          const uint32_t v = ld_acquire_gpu_u32(reinterpret_cast<const uint32_t*>(p.g1_list) + slot);
-          if (v != 0) {
-            rt = static_cast<int>(v) - 1;
-            return kTaskG1;
-          }
-          if (wait_expired(c, ts, p.watchdog_ns, MOE_WAIT_SLOT, -1, slot, 0)) return kTaskNone;
-          __nanosleep(sns);
-        }
-      }
-      head = old;
-    }
-    if (all && g0_done && head >= static_cast<uint32_t>(ld_cg(&s->arr_tile0[W])) * static_cast<uint32_t>(nt1)) {
+    // Every row tile is known once all sources have arrived: a GEMM1 ticket
+    // past the last task means this block's work is over.
+    if (all && g0_done &&
+        static_cast<uint32_t>(g1_ticket) >= static_cast<uint32_t>(ld_cg(&s->arr_tile0[W])) * static_cast<uint32_t>(nt1)) {
       return kTaskExit;
     }
     if (wait_expired(c, t0, limit, MOE_WAIT_TASK, -1, 0, narr)) return kTaskNone;
@@ -346,7 +357,8 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
   g.ldb = H;
   g.ncols = min(kW, I - n0);
   g.K = H;
-  float acc[4][4][4];
+  const int op = NB == 2 ? kOpSwiGLU : (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU);
+  const float* bias = NB == 1 ? reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0 : nullptr;
   bool gathered = false;
   if constexpr (!Mma::kTF32) {
     if (d.src == p.rank && local_gather(p)) {
@@ -363,15 +375,12 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
       }
       g.a = reinterpret_cast<const T*>(p.x);
       g.atok = make_int4(tk[0], tk[1], tk[2], tk[3]);
-      tc_gemm_tile<Mma, NB, true>(g, c.phase, acc);
+      tc_tile_stage<Mma, NB, true>(g, c.phase, op, bias);
       gathered = true;
     }
   }
-  if (!gathered) tc_gemm_tile<Mma, NB>(g, c.phase, acc);
-  float* cs = reinterpret_cast<float*>(c.phase);
-  const int op = NB == 2 ? kOpSwiGLU : (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU);
-  const float* bias = NB == 1 ? reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0 : nullptr;
-  tc_stage<NB>(acc, cs, op, bias, g.ncols);
+  if (!gathered) tc_tile_stage<Mma, NB>(g, c.phase, op, bias);
+  const float* cs = reinterpret_cast<const float*>(c.phase);
   __syncthreads();
   T* out = reinterpret_cast<T*>(p.inter) + grow * I + n0;
   tc_copy_out<T>(cs, d.nrows, g.ncols, Mma::kTF32, [&](int r) { return out + static_cast<int64_t>(r) * I; });
@@ -400,13 +409,11 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
   g.ldb = I;
   g.ncols = min(kTcTileN, H - n0);
   g.K = I;
-  float acc[4][4][4];
-  tc_gemm_tile<Mma, 1>(g, c.phase, acc);  // its first __syncthreads also publishes slots[]
-  float* cs = reinterpret_cast<float*>(c.phase);
   const float* bias = p.ffn != MOE_FFN_SWIGLU
                           ? reinterpret_cast<const float*>(p.b2) + static_cast<int64_t>(d.le) * H + n0
                           : nullptr;
-  tc_stage<1>(acc, cs, kOpNone, bias, g.ncols);
+  tc_tile_stage<Mma, 1>(g, c.phase, kOpNone, bias);  // the tile's first __syncthreads also publishes slots[]
+  const float* cs = reinterpret_cast<const float*>(c.phase);
   __syncthreads();
   T* ret = reinterpret_cast<T*>(peer_heap(c, d.src, p.off_ret_rows)) + n0;
   tc_copy_out<T>(cs, d.nrows, g.ncols, false,
@@ -432,13 +439,13 @@ __device__ inline void run_task_tc(Ctx& c, int type, const MoeRowTile& d, int rt
 __device__ inline bool process(Ctx& c) {
   const MoeParams& p = c.p;
   const MoeRowTile* desc = reinterpret_cast<const MoeRowTile*>(p.rt_desc);
-  int g0_ticket = -1, rt = 0, nt = 0;
+  int g0_ticket = -1, g1_ticket = -1, rt = 0, nt = 0;
   bool g0_done = false;
   for (;;) {
     uint64_t tq = 0;  // thread 0: when this block asked for its next task (trace)
     if (threadIdx.x == 0) {
       if (tracing(c)) tq = globaltimer();
-      const int type = next_task(c, g0_ticket, g0_done, rt, nt);
+      const int type = next_task(c, g0_ticket, g0_done, g1_ticket, rt, nt);
       c.sh.bcast[0] = type;
       c.sh.bcast[1] = rt;
       c.sh.bcast[2] = nt;

@@ -105,9 +105,7 @@ __device__ inline void gate_gemm_tc(Ctx& c) {
     g.ldb = H;
     g.ncols = MOE_GATE_TC_ROWS;
     g.K = kc;
-    float acc[4][4][4];
-    tc_gemm_tile<MmaBF16, 1>(g, c.phase, acc);
-    tc_stage<1>(acc, cs, kOpNone, nullptr, MOE_GATE_TC_ROWS);
+    tc_tile_stage<MmaBF16, 1>(g, c.phase, kOpNone, nullptr);
     __syncthreads();
     const int e0 = nt * kGateGroup, ne = min(kGateGroup, E - e0);
     float* dst = part + (static_cast<int64_t>(split) * p.max_tokens + static_cast<int64_t>(mt) * kTcTileM) * E + e0;

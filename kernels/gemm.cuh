@@ -130,5 +130,10 @@ __device__ __forceinline__ float act_gelu(float x) {
   return 0.5f * x * (1.f + tanhf(k0 * (x + k1 * x * x * x)));
 }
 __device__ __forceinline__ float act_silu(float x) { return x / (1.f + expf(-x)); }
+// SiLU for the tensor-core epilogue: approximate exp and division (a few ulp,
+// far inside the tf32/bf16 tolerances) because IEEE division compiles to a
+// subroutine call, and ptxas serialises wgmma in any function with a call.
+// x / inf (x very negative) gives 0 here as there.
+__device__ __forceinline__ float act_silu_fast(float x) { return __fdividef(x, 1.f + __expf(-x)); }
 
 }  // namespace moe

@@ -35,11 +35,30 @@
 // padded smem tile, tc_copy_out writes whole rows from it with 16-byte
 // stores (fp32 or bf16; a 512 / 256 B contiguous run per row of the tile),
 // which is what remote NVLink stores and L2 want.
+//
+// Two mainloops share the loader, the smem layout and the epilogue, chosen at
+// build time by MOE_TC_WGMMA:
+//   1 (default): Hopper warpgroup MMA. Warpgroup g (warps 4g..4g+3) computes
+//     rows 64g..64g+63 against all 128 B rows with wgmma.mma_async
+//     m64n128k16 (bf16) / m64n128k8 (tf32), both operands read by the tensor
+//     cores straight from shared memory through matrix descriptors. The
+//     layout above IS the hardware's 128-byte swizzle (16-byte chunk c of row
+//     r at c ^ (r & 7), 8-row groups 1024 B apart), given a 1024-byte aligned
+//     stage base: the phase buffer is aligned so (common.cuh phase_base).
+//     The wgmmas of stage kt run while the threads wait for stage kt + 1.
+//   0: the SM80-style warp MMA (mma.sync m16n8k8 / m16n8k16 fed by ldmatrix),
+//     kept to measure against (make kernels NVCC_EXTRA=-DMOE_TC_WGMMA=0).
+// Both leave the same 64 fp32 accumulators per thread, in different places
+// (tc_acc_pos says where), so that tc_stage is the one reader.
 #pragma once
 
 #include <cuda_bf16.h>
 
 #include "gemm.cuh"
+
+#ifndef MOE_TC_WGMMA
+#define MOE_TC_WGMMA 1
+#endif
 
 namespace moe {
 
@@ -58,7 +77,10 @@ static_assert(kTcTileM == 128 && kTcTileN == 128 && kTcKBytes == 128, "the tile 
 static_assert(kWarps == (kTcTileM / kTcWarpM) * (kTcTileN / kTcWarpN), "8 warps of 64 x 32");
 static_assert(kTcStages >= 2, "cp.async pipeline needs at least 2 stages");
 static_assert(kTcTileM * kTcCsStride * 4 <= kTcMainBytes, "the staged output tile fits the stage buffers");
-static_assert(kTcMainBytes + kTcTileM * 4 <= kPhaseBytes, "stages and row slots fit the phase buffer");
+static_assert(kTcMainBytes + kTcTileM * 4 <= kTcPhaseUsable, "stages and row slots fit the aligned phase buffer");
+static_assert(kTcStageBytes % 1024 == 0 && (kTcTileM * kTcKBytes) % 1024 == 0 && kPhaseAlign == 1024,
+              "every stage and its B part start on a 1024-byte swizzle boundary");
+constexpr int kTcAcc = kTcTileM * kTcTileN / kThreads;  // fp32 accumulators per thread (64)
 static_assert(kTcPasses * kTcRowsPerPass == kTcTileM && kTcTileN == kTcTileM, "loader covers A and B");
 static_assert(kTcPasses == 4, "TcArgs::atok holds one row per loader pass");
 
@@ -93,6 +115,7 @@ __device__ __forceinline__ float round_tf32(float x) {
 struct MmaTF32 {
   using T = float;
   static constexpr bool kTF32 = true;
+  static constexpr const char* kName = "tf32";
   // m16n8k8: a 16x8 tf32, b 8x8 tf32, d 16x8 fp32.
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm volatile(
@@ -105,6 +128,7 @@ struct MmaTF32 {
 struct MmaBF16 {
   using T = __nv_bfloat16;
   static constexpr bool kTF32 = false;
+  static constexpr const char* kName = "bf16";
   // m16n8k16: a 16x16 bf16, b 16x8 bf16, d 16x8 fp32.
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm volatile(
@@ -114,6 +138,62 @@ struct MmaBF16 {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 };
+
+#if MOE_TC_WGMMA
+// ---- Hopper warpgroup MMA ------------------------------------------------------
+
+// Shared-memory matrix descriptor of a K-major operand in the 128-byte
+// swizzle layout: start address >> 4 (bits 0-13), leading byte offset (unused
+// for swizzled K-major: 1), stride byte offset 1024 >> 4 (8-row groups, bits
+// 32-45), base offset 0 (1024-aligned atoms), layout SWIZZLE_128B (1 << 62).
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t saddr) {
+  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1) << 16) |
+         (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait(float (&d)[kTcAcc]) {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+  // The accumulators are outputs of the async MMAs: tie them to the wait so
+  // that no read of them is scheduled before it.
+#pragma unroll
+  for (int i = 0; i < kTcAcc; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// cp.async wrote the stage through the generic proxy; wgmma reads it through
+// the async proxy.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+#define MOE_WG_D16(i)                                                                                        \
+  "+f"(d[i + 0]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), \
+      "+f"(d[i + 7]), "+f"(d[i + 8]), "+f"(d[i + 9]), "+f"(d[i + 10]), "+f"(d[i + 11]), "+f"(d[i + 12]),         \
+      "+f"(d[i + 13]), "+f"(d[i + 14]), "+f"(d[i + 15])
+#define MOE_WG_REGS                                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "  \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "  \
+  "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+// D[64 x 128] += A[64 x k] * B[k x 128], both K-major in shared memory;
+// k = 16 bf16 / 8 tf32 (32 bytes of every row).
+__device__ __forceinline__ void wgmma_bf16(float (&d)[kTcAcc], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " MOE_WG_REGS ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : MOE_WG_D16(0), MOE_WG_D16(16), MOE_WG_D16(32), MOE_WG_D16(48)
+      : "l"(da), "l"(db), "r"(1));
+}
+__device__ __forceinline__ void wgmma_tf32(float (&d)[kTcAcc], uint64_t da, uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " MOE_WG_REGS ", %64, %65, p, 1, 1;\n}\n"
+      : MOE_WG_D16(0), MOE_WG_D16(16), MOE_WG_D16(32), MOE_WG_D16(48)
+      : "l"(da), "l"(db), "r"(1));
+}
+#undef MOE_WG_D16
+#undef MOE_WG_REGS
+#endif  // MOE_TC_WGMMA
 
 // ---- the tile ---------------------------------------------------------------
 
@@ -136,23 +216,40 @@ struct TcArgs {
   int4 atok;
 };
 
-// acc[mi][j][e]: warp (wm, wn), row wm*64 + mi*16 + lane/4 (+8 for e >= 2),
-// B row wn*32 + j*8 + 2*(lane%4) + (e & 1). On return all cp.async groups have
-// completed and the block has synchronised: the caller may reuse smem.
+// Where accumulator i of this thread sits in the 128 x 128 tile: its row and
+// its B row (output column of the packed B operands). Both mainloops give each
+// warp m16n8 fragments: element e of an m16n8 tile is at row lane/4 (+8 for
+// e >= 2), column 2 (lane % 4) + (e & 1).
+//   wgmma: warpgroup g = warp / 4 owns rows 64g..+63, warp w = warp % 4 rows
+//     16w..+15 of those, and all 128 columns: acc[4j + e] is n8 tile j.
+//   mma.sync: warp (wm, wn) = (warp / 4, warp % 4) owns rows wm*64..+63 and
+//     columns wn*32..+31: acc[(4 mi + j) * 4 + e] is m16 tile mi, n8 tile j.
+struct TcPos {
+  int row, col;
+};
+__device__ __forceinline__ TcPos tc_acc_pos(int i) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int e = i & 3, frag_row = (lane >> 2) + ((e >> 1) << 3), frag_col = 2 * (lane & 3) + (e & 1);
+#if MOE_TC_WGMMA
+  const int j = i >> 2;
+  return TcPos{(warp >> 2) * 64 + (warp & 3) * 16 + frag_row, j * 8 + frag_col};
+#else
+  const int mi = i >> 4, j = (i >> 2) & 3;
+  return TcPos{(warp >> 2) * kTcWarpM + mi * 16 + frag_row, (warp & 3) * kTcWarpN + j * 8 + frag_col};
+#endif
+}
+
+// On return acc holds the tile (tc_acc_pos), all cp.async groups and MMAs
+// have completed and the block has synchronised: the caller may reuse smem.
 // kGather: A row r of the tile is row atok(r) of a (one 16-byte chunk per
 // cp.async as always; LOCAL_GATHER reads the rank's own rows from x so).
 template <class Mma, int NB, bool kGather = false>
-__device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[4][4][4]) {
+__device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[kTcAcc]) {
   using T = typename Mma::T;
   constexpr int kEs = static_cast<int>(sizeof(T));
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm = warp >> 2, wn = warp & 3;
+  const int tid = threadIdx.x;
 #pragma unroll
-  for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mi][j][e] = 0.f;
+  for (int i = 0; i < kTcAcc; ++i) acc[i] = 0.f;
 
   // Loader: thread copies chunk lc of rows lr + 32 i (i < 4) of A and of B.
   const int lc = tid & 7, lr = tid >> 3;
@@ -194,6 +291,48 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
     }
   };
 
+  const int ksteps = g.K * kEs / kTcKBytes;
+#pragma unroll
+  for (int s = 0; s < kTcStages - 1; ++s) {
+    if (s < ksteps) load(s, s);
+    cp_async_commit();
+  }
+#if MOE_TC_WGMMA
+  // Warpgroup g multiplies A rows 64g..+63 by all 128 B rows; a k-step is 32
+  // bytes of every row, i.e. +2 in the descriptors' 16-byte address units.
+  const uint32_t a_off = static_cast<uint32_t>((tid >> 7) * 64 * kTcKBytes);
+  int st = 0;  // stage buffer of step kt
+  for (int kt = 0; kt < ksteps; ++kt) {
+    cp_async_wait<kTcStages - 2>();  // this thread's copies of step kt have landed
+    fence_proxy_async_smem();        // ... and are visible to the tensor cores' reads
+    wgmma_wait<0>(acc);              // this warpgroup is done reading step kt - 1
+    __syncthreads();                 // everyone's copies landed; step kt - 1's buffer is free
+    {
+      const int nk = kt + kTcStages - 1;
+      int ns = st + kTcStages - 1;
+      if (ns >= kTcStages) ns -= kTcStages;
+      if (nk < ksteps) load(ns, nk);  // into the buffer of step kt - 1
+      cp_async_commit();
+    }
+    const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
+    const uint64_t da = wgmma_desc(sst + a_off);
+    const uint64_t db = wgmma_desc(sst + kTcTileM * kTcKBytes);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kTcKBytes / 32; ++kk) {
+      if constexpr (Mma::kTF32) {
+        wgmma_tf32(acc, da + 2 * kk, db + 2 * kk);
+      } else {
+        wgmma_bf16(acc, da + 2 * kk, db + 2 * kk);
+      }
+    }
+    wgmma_commit();  // runs while the threads wait for step kt + 1
+    if (++st == kTcStages) st = 0;
+  }
+  wgmma_wait<0>(acc);
+#else
+  const int lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;
   // ldmatrix addressing. A x4: matrices (rows 0-7, chunk lo), (rows 8-15, lo),
   // (rows 0-7, hi), (rows 8-15, hi) = a0..a3 of m16n8k16 bf16 / m16n8k8 tf32.
   // B x4 over 16 B rows: (rows 0-7, lo), (rows 0-7, hi), (rows 8-15, lo),
@@ -202,13 +341,6 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
   const uint32_t a_row = static_cast<uint32_t>((wm * kTcWarpM + x7 + ((lane >> 3) & 1) * 8) * kTcKBytes);
   const uint32_t b_row = static_cast<uint32_t>((kTcTileM + wn * kTcWarpN + x7 + (lane >> 4) * 8) * kTcKBytes);
   const int a_hi = lane >> 4, b_hi = (lane >> 3) & 1;
-
-  const int ksteps = g.K * kEs / kTcKBytes;
-#pragma unroll
-  for (int s = 0; s < kTcStages - 1; ++s) {
-    if (s < ksteps) load(s, s);
-    cp_async_commit();
-  }
   int st = 0;  // stage buffer of step kt
   for (int kt = 0; kt < ksteps; ++kt) {
     cp_async_wait<kTcStages - 2>();  // this thread's copies of step kt have landed
@@ -238,11 +370,15 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
         uint32_t af[4];
         ldmatrix_x4(af, sst + a_row + mi * 16 * kTcKBytes + (((kk * 2 + a_hi) ^ x7) << 4));
 #pragma unroll
-        for (int j = 0; j < 4; ++j) Mma::mma(acc[mi][j], af, bf[j]);
+        for (int j = 0; j < 4; ++j) {
+          float(&d)[4] = *reinterpret_cast<float(*)[4]>(&acc[(mi * 4 + j) * 4]);
+          Mma::mma(d, af, bf[j]);
+        }
       }
     }
     if (++st == kTcStages) st = 0;
   }
+#endif
   cp_async_wait<0>();
   __syncthreads();
 }
@@ -262,50 +398,56 @@ __host__ __device__ constexpr int tc_out_cols() {
 //   NB 2, kOpSwiGLU: cs[r][c] = silu(gate) * up, c < 64;
 //   NB 2, kOpNone: cs[r][c] = gate, cs[r][64 + c] = up (the tile test).
 // bias is read only for columns < ncols. The caller syncs before reading cs.
+// NB 2: B rows 32q..32q+15 are the gate operand's columns 16q..16q+15 and
+// 32q+16..+31 the up operand's same columns, so the up value of an
+// accumulator in n8 tile j (j % 4 < 2) is the same element of tile j + 2:
+// accumulator index + 8 in both layouts.
 template <int NB>
-__device__ __forceinline__ void tc_stage(const float (&acc)[4][4][4], float* cs, int op, const float* bias, int ncols) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int wm = warp >> 2, wn = warp & 3;
-  const int gq = lane >> 2, tq = lane & 3;
+__device__ __forceinline__ void tc_stage(const float (&acc)[kTcAcc], float* cs, int op, const float* bias, int ncols) {
 #pragma unroll
-  for (int jo = 0; jo < 4 / NB; ++jo) {
-    const int col = wn * (kTcWarpN / NB) + jo * 8 + 2 * tq;
-    float b0 = 0.f, b1 = 0.f;
-    if (NB == 1 && bias != nullptr && col < ncols) {
-      b0 = __ldg(bias + col);
-      b1 = __ldg(bias + col + 1);
-    }
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = wm * kTcWarpM + mi * 16 + gq + h * 8;
-        float v0 = acc[mi][jo][2 * h], v1 = acc[mi][jo][2 * h + 1];
-        float* dst = cs + row * kTcCsStride + col;
-        if (NB == 2) {
-          const float u0 = acc[mi][(jo + 2) & 3][2 * h];  // the up tile of the same columns
-          const float u1 = acc[mi][(jo + 2) & 3][2 * h + 1];
-          if (op == kOpSwiGLU) {
-            v0 = act_silu(v0) * u0;
-            v1 = act_silu(v1) * u1;
-          } else {
-            *reinterpret_cast<float2*>(dst + kTcTileN / 2) = make_float2(u0, u1);
-          }
-        } else {
-          v0 += b0;
-          v1 += b1;
-          if (op == kOpReLU) {
-            v0 = act_relu(v0);
-            v1 = act_relu(v1);
-          } else if (op == kOpGeLU) {
-            v0 = act_gelu(v0);
-            v1 = act_gelu(v1);
-          }
-        }
+  for (int i = 0; i < kTcAcc; i += 2) {
+    const TcPos pos = tc_acc_pos(i);  // i even: columns col, col + 1
+    float v0 = acc[i], v1 = acc[i + 1];
+    if (NB == 2) {
+      if (pos.col & 16) continue;  // an up tile: read with its gate tile
+      const int col = (pos.col >> 5) * 16 + (pos.col & 15);
+      float* dst = cs + pos.row * kTcCsStride + col;
+      const float u0 = acc[i + 8], u1 = acc[i + 9];
+      if (op == kOpSwiGLU) {
+        *reinterpret_cast<float2*>(dst) = make_float2(act_silu_fast(v0) * u0, act_silu_fast(v1) * u1);
+      } else {
         *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+        *reinterpret_cast<float2*>(dst + kTcTileN / 2) = make_float2(u0, u1);
       }
+    } else {
+      if (bias != nullptr && pos.col < ncols) {
+        v0 += __ldg(bias + pos.col);
+        v1 += __ldg(bias + pos.col + 1);
+      }
+      if (op == kOpReLU) {
+        v0 = act_relu(v0);
+        v1 = act_relu(v1);
+      } else if (op == kOpGeLU) {
+        v0 = act_gelu(v0);
+        v1 = act_gelu(v1);
+      }
+      *reinterpret_cast<float2*>(cs + pos.row * kTcCsStride + pos.col) = make_float2(v0, v1);
     }
   }
+}
+
+// The tile and its staging into cs = smem in one leaf function: ptxas
+// serialises every wgmma (waits for each before the next) in a function that
+// makes calls it cannot see into, and the kernel calls NVSHMEM's device
+// library and its own out-of-line trace/status writers. Called as a
+// function, the MMAs stay asynchronous; the call costs nothing next to a tile.
+// On return the block has NOT synchronised after staging: sync before
+// reading cs.
+template <class Mma, int NB, bool kGather = false>
+__device__ __noinline__ void tc_tile_stage(const TcArgs<NB> g, unsigned char* smem, int op, const float* bias) {
+  float acc[kTcAcc];
+  tc_gemm_tile<Mma, NB, kGather>(g, smem, acc);
+  tc_stage<NB>(acc, reinterpret_cast<float*>(smem), op, bias, g.ncols);
 }
 
 // 16-byte vector of 4 fp32 (tf32-rounded when asked) or 8 bf16 from cs.

@@ -30,6 +30,10 @@ VENV ?= .venv-cuda
 BUILD ?= build
 KERNEL_ARCH ?= sm_90a
 NVCC_EXTRA ?=
+# Registers per thread of every function: the kernel runs 2 blocks of 256
+# threads per SM (__launch_bounds__), and its out-of-line GEMM tile function
+# (gemm_tc.cuh tc_tile_stage) must fit the same budget.
+KERNEL_MAXREG ?= 128
 
 FIND_TOOLCHAIN := bash $(KERNELS_DIR)/find-toolchain.sh
 ifeq ($(strip $(CUDA_HOME)),)
@@ -45,7 +49,7 @@ KERNEL_HDRS := $(wildcard $(KERNELS_DIR)/*.cuh) $(KERNELS_DIR)/params.h
 KERNEL_OBJS := $(patsubst $(KERNELS_DIR)/%.cu,$(BUILD)/kernels/%.o,$(KERNEL_SRCS))
 KERNEL_CUBIN := $(BUILD)/moerun.cubin
 
-NVCC_FLAGS := -rdc=true -arch=$(KERNEL_ARCH) -O3 -std=c++17 -lineinfo \
+NVCC_FLAGS := -rdc=true -gencode arch=$(subst sm_,compute_,$(KERNEL_ARCH)),code=$(KERNEL_ARCH) -maxrregcount=$(KERNEL_MAXREG) -O3 -std=c++17 -lineinfo \
 	-I$(NVSHMEM_HOME)/include -I$(KERNELS_DIR) -Xptxas -v $(NVCC_EXTRA)
 
 .PHONY: kernels kernels-sass kernels-info kernels-clean kernels-check-toolchain

@@ -147,7 +147,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
         reinterpret_cast<uint64_t>(nvshmem_ptr(reinterpret_cast<const void*>(p.heap_base), threadIdx.x));
   }
   __syncthreads();
-  Ctx c{p, sh, moe_phase, sh.seq, 0, 0, 0, 0};
+  Ctx c{p, sh, phase_base(moe_phase, p.dtype != MOE_DTYPE_FP32), sh.seq, 0, 0, 0, 0};
   for (int pe = 0; pe < p.world; ++pe) {
     if (sh.peer_base[pe] == 0) {  // same answer in every block: all leave here
       if (blockIdx.x == 0 && threadIdx.x == 0) record_status(p, c.seq, MOE_STATUS_NOT_P2P, MOE_WAIT_NONE, pe, 0, 0, 0);
@@ -181,10 +181,8 @@ __device__ inline void tile_test_run(const MoeTileTest& t, unsigned char* smem) 
   g.ldb = t.k;
   g.ncols = t.ncols;
   g.K = t.k;
-  float acc[4][4][4];
-  tc_gemm_tile<Mma, NB>(g, smem, acc);
-  float* cs = reinterpret_cast<float*>(smem);
-  tc_stage<NB>(acc, cs, kOpNone, nullptr, t.ncols);
+  tc_tile_stage<Mma, NB>(g, smem, kOpNone, nullptr);
+  const float* cs = reinterpret_cast<const float*>(smem);
   __syncthreads();
   float* out = reinterpret_cast<float*>(t.out);
   tc_copy_out<float>(cs, kTcTileM, kTcTileN, false, [&](int r) { return out + static_cast<int64_t>(r) * kTcTileN; });
@@ -202,10 +200,11 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(co
     if (threadIdx.x == 0 && t.status != 0) *reinterpret_cast<volatile uint32_t*>(t.status) = 2u;
     return;
   }
+  unsigned char* phase = phase_base(moe_phase, true);
   if (t.dtype == MOE_DTYPE_BF16) {
-    if (t.nb == 2) tile_test_run<MmaBF16, 2>(t, moe_phase); else tile_test_run<MmaBF16, 1>(t, moe_phase);
+    if (t.nb == 2) tile_test_run<MmaBF16, 2>(t, phase); else tile_test_run<MmaBF16, 1>(t, phase);
   } else {
-    if (t.nb == 2) tile_test_run<MmaTF32, 2>(t, moe_phase); else tile_test_run<MmaTF32, 1>(t, moe_phase);
+    if (t.nb == 2) tile_test_run<MmaTF32, 2>(t, phase); else tile_test_run<MmaTF32, 1>(t, phase);
   }
   __syncthreads();
   if (threadIdx.x == 0 && t.status != 0) {

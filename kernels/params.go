@@ -25,8 +25,11 @@ const (
 	// PhaseBytes (MOE_PHASE_BYTES) is the dynamic shared memory per block of
 	// a tf32/bf16 launch (and of the tile test), the largest: the grid is
 	// sized with it. SIMTPhaseBytes (MOE_SIMT_PHASE_BYTES): that of an fp32
-	// launch.
-	PhaseBytes     = TCStages*(TCTileM+TCTileN)*TCKBytes + 1024
+	// launch. PhaseAlign (MOE_PHASE_ALIGN): the alignment the kernel gives
+	// the tf32/bf16 phase buffer (wgmma's 128-byte swizzle), paid for in
+	// PhaseBytes.
+	PhaseAlign     = 1024
+	PhaseBytes     = TCStages*(TCTileM+TCTileN)*TCKBytes + 1024 + PhaseAlign
 	SIMTPhaseBytes = 33792
 	MaxWorld       = 64   // MOE_MAX_WORLD
 	MaxTopK        = 32   // MOE_MAX_TOPK

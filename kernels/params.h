@@ -35,11 +35,15 @@
 #define MOE_TC_STAGES 3
 /* Dynamic shared memory of every block (the phase buffer that GEMM stages,
  * epilogue staging and prefix tables share). tf32/bf16: the tensor-core
- * stages plus 1 KB (row slots); the largest, it sizes the grid. fp32: what
+ * stages plus 1 KB (row slots) plus MOE_PHASE_ALIGN (the kernel aligns the
+ * buffer's start to it: wgmma reads the stages with the hardware's 128-byte
+ * swizzle, whose pattern is fixed by address bits up to 1024); the largest,
+ * it sizes the grid. fp32: what
  * the SIMT tiles and the prefix tables (E <= 4096) need, so that fp32 keeps
  * the L1 it had. The host passes the mode's size at launch; the kernel
  * refuses less. */
-#define MOE_PHASE_BYTES (MOE_TC_STAGES * (MOE_TC_TILE_M + MOE_TC_TILE_N) * MOE_TC_K_BYTES + 1024)
+#define MOE_PHASE_ALIGN 1024
+#define MOE_PHASE_BYTES (MOE_TC_STAGES * (MOE_TC_TILE_M + MOE_TC_TILE_N) * MOE_TC_K_BYTES + 1024 + MOE_PHASE_ALIGN)
 #define MOE_SIMT_PHASE_BYTES 33792
 #define MOE_MAX_WORLD 64         /* ranks the kernel's tables can hold */
 #define MOE_MAX_TOPK 32          /* largest k the gate supports */

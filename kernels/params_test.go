@@ -103,7 +103,7 @@ func TestConstantsMatchParamsH(t *testing.T) {
 		"MOE_ABI_VERSION": ABIVersion, "MOE_THREADS": Threads, "MOE_TILE_M": TileM, "MOE_TILE_N": TileN,
 		"MOE_TILE_K":    TileK,
 		"MOE_TC_TILE_M": TCTileM, "MOE_TC_TILE_N": TCTileN, "MOE_TC_K_BYTES": TCKBytes, "MOE_TC_STAGES": TCStages,
-		"MOE_PHASE_BYTES": PhaseBytes, "MOE_SIMT_PHASE_BYTES": SIMTPhaseBytes, "MOE_MAX_WORLD": MaxWorld, "MOE_MAX_TOPK": MaxTopK,
+		"MOE_PHASE_ALIGN": PhaseAlign, "MOE_PHASE_BYTES": PhaseBytes, "MOE_SIMT_PHASE_BYTES": SIMTPhaseBytes, "MOE_MAX_WORLD": MaxWorld, "MOE_MAX_TOPK": MaxTopK,
 		"MOE_GATE_MAX_SPLIT": GateMaxSplit, "MOE_MAX_EXPERTS": MaxExperts, "MOE_SHAPE_MULTIPLE": ShapeMultiple,
 		"MOE_FFN_RELU": FFNReLU, "MOE_FFN_GELU": FFNGeLU, "MOE_FFN_SWIGLU": FFNSwiGLU,
 		"MOE_DTYPE_FP32": DTypeFP32, "MOE_DTYPE_TF32": DTypeTF32, "MOE_DTYPE_BF16": DTypeBF16,

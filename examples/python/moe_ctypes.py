@@ -16,9 +16,10 @@ Two ways to start it:
   # to the other ranks itself (here: on their command line)
   python3 moe_ctypes.py --lib build/libmoerun.so --spawn 4
 
-The GPU path (PyTorch CUDA tensors passed by device pointer, no copies) is
-stubbed in forward_device below: it needs the GPU backend, which comes later;
-the CPU backend answers MOERUN_ENOTSUP, which this script checks.
+The GPU path (PyTorch CUDA tensors passed by device pointer on PyTorch's
+stream, no copies) is moe_torch.py beside this file; `--backend gpu` here runs
+it (with its own options: --dtype, --nccl, ...). This script itself runs the
+CPU backend, which refuses device pointers with MOERUN_ENOTSUP, as it checks.
 """
 
 import argparse
@@ -61,8 +62,14 @@ class Verification(ctypes.Structure):
                 ("route_mismatch", ctypes.c_int64), ("ok", ctypes.c_int32), ("reserved", ctypes.c_int32)]
 
 
+class DeviceWeights(ctypes.Structure):
+    _fields_ = [("gate", ctypes.c_uint64), ("w1", ctypes.c_uint64), ("wu", ctypes.c_uint64),
+                ("w2", ctypes.c_uint64), ("b1", ctypes.c_uint64), ("b2", ctypes.c_uint64)]
+
+
 assert ctypes.sizeof(Config) == 48 and ctypes.sizeof(Options) == 32
 assert ctypes.sizeof(Stats) == 32 and ctypes.sizeof(Verification) == 40
+assert ctypes.sizeof(DeviceWeights) == 48
 
 F32P = ctypes.POINTER(ctypes.c_float)
 I32P = ctypes.POINTER(ctypes.c_int32)
@@ -92,6 +99,7 @@ class Lib:
             "moerun_rank": [H64, I32P, I32P],
             "moerun_owned_experts": [H64, I32P, I32P],
             "moerun_add_layer": [H64, ctypes.POINTER(Config), F32P, F32P, F32P, F32P, F32P, F32P, ctypes.POINTER(H64)],
+            "moerun_add_layer_device": [H64, ctypes.POINTER(Config), ctypes.POINTER(DeviceWeights), ctypes.POINTER(H64)],
             "moerun_forward": [H64, ctypes.c_int32, F32P, F32P],
             "moerun_forward_device": [H64, ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64],
             "moerun_routing": [H64, ctypes.c_int32, I32P, F32P],
@@ -177,17 +185,15 @@ def numpy_layer(w, x):
     return out, ids
 
 
-def forward_device(lib, layer, tokens, x_tensor, out_tensor):
-    """The GPU path, for later: PyTorch CUDA tensors by device pointer, on
-    PyTorch's current stream, no copies:
+def forward_device(lib, layer, tokens, x_ptr, out_ptr):
+    """A forward on device pointers. With the GPU backend (moe_torch.py) the
+    pointers are PyTorch CUDA tensors' and the stream PyTorch's current one:
 
-        import torch
         stream = torch.cuda.current_stream().cuda_stream
-        lib("moerun_forward_device", layer, tokens, x_tensor.data_ptr(), out_tensor.data_ptr(), stream)
+        lib("moerun_forward_device", layer, tokens, x.data_ptr(), out.data_ptr(), stream)
 
-    The GPU backend does not implement it yet; the CPU backend refuses it
-    with MOERUN_ENOTSUP, as main() checks."""
-    return lib("moerun_forward_device", layer, tokens, x_tensor, out_tensor, 0, allow=(MOERUN_OK, MOERUN_ENOTSUP))
+    The CPU backend refuses it with MOERUN_ENOTSUP, as run() checks."""
+    return lib("moerun_forward_device", layer, tokens, x_ptr, out_ptr, 0, allow=(MOERUN_OK, MOERUN_ENOTSUP))
 
 
 # ------------------------------------------------------------ the driver
@@ -241,10 +247,25 @@ def run(lib, rt):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lib", default=os.environ.get("MOERUN_LIB", "build/libmoerun.so"), help="path of libmoerun.so")
+    ap.add_argument("--backend", choices=["cpu", "gpu"], default="cpu",
+                    help="cpu: this script (numpy); gpu: moe_torch.py (PyTorch CUDA tensors), which takes the other options")
     ap.add_argument("--spawn", type=int, default=0, help="start this many ranks without MPI (unique-id path)")
     ap.add_argument("--rank", type=int, default=-1, help=argparse.SUPPRESS)
     ap.add_argument("--id", default="", help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a, rest = ap.parse_known_args()
+    if a.backend == "gpu":
+        if a.spawn:
+            ap.error("--spawn is for the CPU backend; run the GPU path under mpirun")
+        sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import moe_torch
+        try:
+            sys.exit(moe_torch.main(["--lib", a.lib, "--backend", "gpu"] + rest))
+        except RuntimeError as e:  # moe_torch's own errors and MoerunError
+            print(f"moe_torch: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
+    if rest:
+        ap.error("unrecognized arguments: " + " ".join(rest))
 
     lib = Lib(a.lib)
     opts = Options(backend=BACKEND_CPU, local_rank=-1, keep_weights=1, timeout_ms=60000)

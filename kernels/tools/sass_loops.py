@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # sass_loops.py SASS_FILE: for every loop (backward branch) of every function
 # in a `cuobjdump -sass` listing that contains tensor-core instructions, print
-# its size, its HMMA / LDSM / LDGSTS / barrier counts and the number of
+# its size, its HMMA / HGMMA / LDSM / LDGSTS / barrier counts and the number of
 # local-memory (spill) instructions in it. The innermost loops are the GEMM
 # main loops: they must show 0 local-memory ops. Used by `make kernels-sass`.
 import re, sys
@@ -23,7 +23,8 @@ for fn, lst in ins.items():
                 nh = sum('HMMA' in x or 'HGMMA' in x for x in body)
                 if nh:
                     loc = sum(bool(re.search(r'\b(LDL|STL)\b', x)) for x in body)
-                    ops = {k: sum(k in x for x in body) for k in ('HMMA', 'LDSM', 'LDGSTS', 'BAR.SYNC', 'DEPBAR')}
+                    ops = {k: sum(bool(re.match(k + r'\b', x.split(' ', 1)[-1] if x.startswith('@') else x)) for x in body)
+                           for k in ('HMMA', 'HGMMA', 'LDSM', 'LDGSTS', 'BAR.SYNC', 'DEPBAR')}
                     loops.append((hex(tgt), hex(a), len(body), ops, loc))
     for l in loops:
         print(fn, "loop", l[0], "-", l[1], f"{l[2]} instructions", l[3], "local-memory ops:", l[4])
