@@ -38,9 +38,12 @@ run: build
 	    --ffn-hidden 128 --experts 8 --topk 2 --ffn relu,swiglu --verify --iters 5 --warmup 1; \
 	fi
 
-# The C ABI: build/libmoerun.so with capi/moerun.h (cgo's own header is dropped).
-capi:
-	$(GO) build -buildvcs=auto -buildmode=c-shared -tags mpi -ldflags "$(LDFLAGS)" -o build/libmoerun.so ./capi
+# The C ABI: build/libmoerun.so with capi/moerun.h (cgo's own header is
+# dropped), with the kernel embedded (-tags cubin) as `build` does; the
+# library also finds build/moerun.cubin beside itself.
+capi: kernels
+	cp $(KERNEL_CUBIN) kernels/moerun.cubin
+	$(GO) build -buildvcs=auto -buildmode=c-shared -tags "mpi cubin" -ldflags "$(LDFLAGS)" -o build/libmoerun.so ./capi
 	rm -f build/libmoerun.h
 
 # The embedding examples: the Go driver and the C example (mpicc).

@@ -70,7 +70,9 @@ func invalid(format string, a ...any) error {
 }
 
 // call runs fn, records its error as the last error and turns it, or a
-// panic, into a status.
+// panic, into a status. The calling thread's CUDA context is current again
+// when it returns (the GPU backend makes its device's primary context
+// current for its own work).
 func call(name string, fn func() error) (st C.moerun_status) {
 	// cgo runs an exported function on the thread that called it; keep
 	// this goroutine there for the whole call (MPI and CUDA state are per
@@ -83,13 +85,41 @@ func call(name string, fn func() error) (st C.moerun_status) {
 			st = C.MOERUN_EINTERNAL
 		}
 	}()
-	err := fn()
+	restore := keepCallerContext()
+	err := func() (err error) {
+		defer func() {
+			if rerr := restore(); rerr != nil && err == nil {
+				err = rerr
+			}
+		}()
+		return fn()
+	}()
 	if err == nil {
 		return C.MOERUN_OK
 	}
 	setError(name + ": " + err.Error())
+	return statusOf(err)
+}
+
+// Status codes by name, for tests (which cannot use cgo).
+const (
+	statusOK      = C.MOERUN_OK
+	statusEINVAL  = C.MOERUN_EINVAL
+	statusENOTSUP = C.MOERUN_ENOTSUP
+	statusEFAILED = C.MOERUN_EFAILED
+	statusECLOSED = C.MOERUN_ECLOSED
+)
+
+// statusOf is the status of a failed call's error: the code an errStatus
+// carries; MOERUN_ENOTSUP for what the backend does not support
+// (rank.ErrNotSupported, which the backends wrap: the CPU backend's device
+// pointers, the GPU backend's bf16 forward on device pointers); ECLOSED for
+// a closed runtime; EFAILED otherwise.
+func statusOf(err error) C.moerun_status {
 	var es *errStatus
 	switch {
+	case err == nil:
+		return C.MOERUN_OK
 	case errors.As(err, &es):
 		return es.code
 	case errors.Is(err, rank.ErrNotSupported):
@@ -199,6 +229,7 @@ func addRuntime(rt *rank.Runtime, out *C.moerun_runtime) {
 //export moerun_open
 func moerun_open(opts *C.moerun_options, shape *C.moerun_config, out *C.moerun_runtime) C.moerun_status {
 	return call("moerun_open", func() error {
+		syncEnv() // what the host set after loading the library
 		if err := checkOpen(); err != nil {
 			return err
 		}
@@ -226,9 +257,10 @@ func moerun_open(opts *C.moerun_options, shape *C.moerun_config, out *C.moerun_r
 		}
 		// The GPU is the launcher's local rank's (local_rank is for
 		// moerun_open_with_id); OpenWorld refuses GPUs on several nodes.
+		looked := withLibraryCubin(&o)
 		rt, err := rank.OpenWorld(state.world, s, o)
 		if err != nil {
-			return err
+			return cubinNotFound(err, looked)
 		}
 		addRuntime(rt, out)
 		return nil
@@ -238,6 +270,7 @@ func moerun_open(opts *C.moerun_options, shape *C.moerun_config, out *C.moerun_r
 //export moerun_get_unique_id
 func moerun_get_unique_id(id *C.uint8_t) C.moerun_status {
 	return call("moerun_get_unique_id", func() error {
+		syncEnv() // MOERUN_BOOTSTRAP_ADDR
 		if id == nil {
 			return invalid("id is NULL")
 		}
@@ -253,6 +286,7 @@ func moerun_get_unique_id(id *C.uint8_t) C.moerun_status {
 //export moerun_open_with_id
 func moerun_open_with_id(id *C.uint8_t, rnk, size C.int32_t, opts *C.moerun_options, shape *C.moerun_config, out *C.moerun_runtime) C.moerun_status {
 	return call("moerun_open_with_id", func() error {
+		syncEnv() // what the host set after loading the library
 		if err := checkOpen(); err != nil {
 			return err
 		}
@@ -279,9 +313,10 @@ func moerun_open_with_id(id *C.uint8_t, rnk, size C.int32_t, opts *C.moerun_opti
 		}
 		var u rank.UniqueID
 		copy(u[:], unsafe.Slice((*byte)(unsafe.Pointer(id)), rank.UniqueIDSize))
+		looked := withLibraryCubin(&o)
 		rt, err := rank.OpenWithID(u, int(rnk), int(size), s, o)
 		if err != nil {
-			return err
+			return cubinNotFound(err, looked)
 		}
 		addRuntime(rt, out)
 		return nil
@@ -321,6 +356,21 @@ func moerun_rank(h C.moerun_runtime, rnk, size *C.int32_t) C.moerun_status {
 		if size != nil {
 			*size = C.int32_t(rt.Size())
 		}
+		return nil
+	})
+}
+
+//export moerun_device
+func moerun_device(h C.moerun_runtime, ordinal *C.int32_t) C.moerun_status {
+	return call("moerun_device", func() error {
+		if ordinal == nil {
+			return invalid("ordinal is NULL")
+		}
+		rt, err := getRuntime(h)
+		if err != nil {
+			return err
+		}
+		*ordinal = C.int32_t(rt.Device())
 		return nil
 	})
 }

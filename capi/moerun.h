@@ -31,7 +31,14 @@
  *    memory except moerun_last_error's text.
  *  - Errors: every call returns a moerun_status; on failure
  *    moerun_last_error() says what happened. A forward that failed in flight
- *    leaves the runtime refusing further forwards until it is closed.
+ *    leaves the runtime refusing further forwards until it is closed; one
+ *    refused before any work (MOERUN_ENOTSUP, a bad argument) does not.
+ *  - Environment: moerun_open, moerun_open_with_id and moerun_get_unique_id
+ *    read the process's environment as it is when they are called (what the
+ *    program set with setenv or Python's os.environ included).
+ *  - CUDA context: calls that use the GPU make the runtime's device's primary
+ *    context current on the calling thread for their work, and every call
+ *    returns with the thread's previous current context (or none) restored.
  *
  * Layouts: row-major float32. Tokens x and outputs [tokens, H]; the gate
  * [H, E]; an expert's W1 [H, I] (swiglu: gate projection), Wu [H, I] (swiglu
@@ -56,7 +63,8 @@ extern "C" {
 typedef enum moerun_status {
     MOERUN_OK = 0,
     MOERUN_EINVAL = 1,    /* a bad argument: null pointer, unknown handle, bad enum value */
-    MOERUN_ENOTSUP = 2,   /* not supported by this backend (device pointers on the CPU backend) */
+    MOERUN_ENOTSUP = 2,   /* not supported by this backend (device pointers on the CPU backend, bf16
+                             forwards on device pointers on the GPU backend); the runtime stays usable */
     MOERUN_EFAILED = 3,   /* the call failed: a config that cannot run, a peer's failure, a timeout */
     MOERUN_ECLOSED = 4,   /* the runtime is closed, or the library finalized */
     MOERUN_EVERIFY = 5,   /* moerun_verify ran and the output is wrong */
@@ -155,6 +163,10 @@ moerun_status moerun_open_with_id(const uint8_t *id, int32_t rank, int32_t size,
 /* This process's rank and the number of ranks. */
 moerun_status moerun_rank(moerun_runtime rt, int32_t *rank, int32_t *size);
 
+/* The CUDA device ordinal (among the visible devices, as torch.cuda counts
+ * them) of the GPU the runtime uses; -1 for the CPU backend. */
+moerun_status moerun_device(moerun_runtime rt, int32_t *ordinal);
+
 /* The experts this rank owns in every layer: first, first+1, ..., first+count-1. */
 moerun_status moerun_owned_experts(moerun_runtime rt, int32_t *first, int32_t *count);
 
@@ -182,7 +194,8 @@ moerun_status moerun_forward(moerun_layer layer, int32_t tokens, const float *x,
 
 /* Runs the layer on device pointers, ordered on stream (a CUstream; 0 the
  * default stream): returns once enqueued. The CPU backend returns
- * MOERUN_ENOTSUP. Collective. */
+ * MOERUN_ENOTSUP, and so does the GPU backend for a bf16 layer (run those
+ * with moerun_forward); the runtime stays usable after either. Collective. */
 moerun_status moerun_forward_device(moerun_layer layer, int32_t tokens, uint64_t x, uint64_t out, uint64_t stream);
 
 /* Copies the last host forward's routing: for each of its tokens the k

@@ -74,7 +74,10 @@ func (r *Runtime) AddLayerDevice(cfg Config, w *DeviceWeights) (*Layer, error) {
 // in device memory on this rank's GPU, ordered on stream: it returns once
 // the forward is enqueued, and out is ready for work enqueued on stream
 // after it. Any layer can run this way, whatever its weights came from. The
-// CPU backend returns an error wrapping ErrNotSupported.
+// CPU backend returns an error wrapping ErrNotSupported, and so does the GPU
+// backend for a bf16 layer; the runtime stays usable after such an error
+// (and after a bad argument), while an error at or after the kernel's launch
+// makes it refuse every later forward.
 func (l *Layer) ForwardDevice(tokens int, x, out DevicePtr, stream Stream) error {
 	r := l.rt
 	if err := r.usable("forward"); err != nil {
@@ -94,7 +97,10 @@ func (l *Layer) ForwardDevice(tokens int, x, out DevicePtr, stream Stream) error
 	cfg.Tokens = tokens
 	t, err := db.ForwardLayerDevice(l.id, cfg, x, out, stream)
 	if err != nil {
-		r.failed = err
+		// A refusal (a bad argument, a mode the backend does not run on
+		// device pointers) did nothing; an error at or after the launch
+		// leaves the kernel's buffers and the peers mid-way.
+		r.fail(err)
 		return fmt.Errorf("rank %d: layer %d: forward: %w", r.comm.Rank(), l.id, err)
 	}
 	l.lastTokens = -1 // no host copy of the routing

@@ -155,7 +155,7 @@ func (l *Layer) Forward(tokens int, x, out []float32) error {
 		t, err = r.b.Forward(cfg, x[:n])
 	}
 	if err != nil {
-		r.failed = err
+		r.fail(err)
 		return fmt.Errorf("rank %d: layer %d: forward: %w", r.comm.Rank(), l.id, err)
 	}
 	res, err := r.b.Result()

@@ -29,7 +29,10 @@
 // Errors are values; nothing panics on bad input. A forward that failed in
 // flight (a lost peer, a timeout, a tripped GPU watchdog) leaves peers and
 // device state mid-way: the runtime then refuses every later forward with
-// that first error until it is closed.
+// that first error until it is closed. A forward that the backend refused
+// before doing any work (a bad argument, or an error wrapping
+// ErrNotSupported, such as a bf16 forward on device pointers) leaves the
+// runtime usable.
 //
 // # Threads
 //
@@ -107,8 +110,10 @@ var ErrClosed = errors.New("rank: runtime is closed")
 
 // ErrNotSupported is wrapped by errors for what the runtime's backend cannot
 // do (device pointers on the CPU backend, caller weights on a backend that
-// holds one generated layer).
-var ErrNotSupported = errors.New("not supported")
+// holds one generated layer, a bf16 forward on device pointers on the GPU
+// backend). It is backend.ErrNotSupported, the value the backends wrap. Such
+// a call did nothing: the runtime stays usable.
+var ErrNotSupported = backend.ErrNotSupported
 
 // Options configure a runtime.
 type Options struct {
@@ -282,6 +287,24 @@ func (r *Runtime) Stats() Stats {
 		s.add(l.stats)
 	}
 	return s
+}
+
+// Device is the CUDA device ordinal of this rank's GPU among the visible
+// ones (the gpu backend's), or -1 for a backend without a GPU (cpu).
+func (r *Runtime) Device() int {
+	if d, ok := r.b.(interface{ Ordinal() int }); ok {
+		return d.Ordinal()
+	}
+	return -1
+}
+
+// fail records err, a forward's error from the backend, as the runtime's
+// failure (every later collective call is refused), unless the backend
+// refused the call before doing any work (backend.IsRefusal).
+func (r *Runtime) fail(err error) {
+	if err != nil && !backend.IsRefusal(err) && r.failed == nil {
+		r.failed = err
+	}
 }
 
 // usable says whether a collective call may start.

@@ -491,3 +491,111 @@ func TestVerifyReportsRelativeError(t *testing.T) {
 		return nil
 	}))
 }
+
+// fakeDevice is a backend that takes device pointers: the CPU backend for
+// everything else, and a device forward that refuses bf16 as the GPU
+// backend does, or fails at its launch when launchErr is set.
+type fakeDevice struct {
+	backend.Backend
+	launchErr error
+	forwards  int
+}
+
+func (f *fakeDevice) PrepareLayerDevice(int, config.Layer, *DeviceWeights) error { return nil }
+
+func (f *fakeDevice) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr, s Stream) (backend.Timing, error) {
+	if cfg.DType == config.BF16 {
+		return backend.Timing{}, fmt.Errorf("a forward on device pointers in bf16 mode is %w yet", backend.ErrNotSupported)
+	}
+	if cfg.Tokens > 0 && x == 0 {
+		return backend.Timing{}, backend.Refuse(fmt.Errorf("forward of layer %d: null device pointer", id))
+	}
+	if f.launchErr != nil {
+		return backend.Timing{}, f.launchErr
+	}
+	f.forwards++
+	return backend.Timing{}, nil
+}
+
+func openFakeDevice(t *testing.T, dt config.DType) (*Runtime, *fakeDevice, *Layer) {
+	t.Helper()
+	comm := transport.NewLocal(1, 0).Rank(0)
+	c := small()
+	c.DType = dt
+	fd := &fakeDevice{Backend: cpubackend.New(comm)}
+	rt, err := OpenBackend(comm, fd, c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	l, err := rt.AddLayerDevice(c, &DeviceWeights{Gate: 1, W1: 2, W2: 3, B1: 4, B2: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt, fd, l
+}
+
+// A device forward the backend refuses (bf16, a bad argument) is an error
+// wrapping ErrNotSupported (or a plain refusal) and leaves the runtime
+// usable; one that fails at its launch makes it refuse every later forward.
+func TestDeviceForwardRefusalLeavesTheRuntimeUsable(t *testing.T) {
+	if ErrNotSupported != backend.ErrNotSupported {
+		t.Fatal("rank.ErrNotSupported is not backend.ErrNotSupported")
+	}
+	rt, fd, l := openFakeDevice(t, config.BF16)
+	for i := range 2 {
+		err := l.ForwardDevice(2, 0x1000, 0x2000, 0)
+		if !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "bf16") {
+			t.Fatalf("bf16 device forward %d: %v", i, err)
+		}
+	}
+	if err := rt.usable("forward"); err != nil {
+		t.Errorf("the runtime after a refused forward: %v", err)
+	}
+	if fd.forwards != 0 {
+		t.Errorf("%d forwards ran", fd.forwards)
+	}
+
+	_, fd, l = openFakeDevice(t, config.FP32)
+	if err := l.ForwardDevice(2, 0, 0x2000, 0); err == nil || errors.Is(err, ErrNotSupported) {
+		t.Fatalf("null x: %v", err)
+	}
+	if err := l.ForwardDevice(2, 0x1000, 0x2000, 0); err != nil {
+		t.Fatalf("forward after a refused argument: %v", err)
+	}
+	if fd.forwards != 1 {
+		t.Errorf("%d forwards ran, want 1", fd.forwards)
+	}
+}
+
+func TestDeviceForwardLaunchFailureFailsTheRuntime(t *testing.T) {
+	rt, fd, l := openFakeDevice(t, config.FP32)
+	fd.launchErr = errors.New("kernel launch failed: CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
+	err := l.ForwardDevice(2, 0x1000, 0x2000, 0)
+	if err == nil || errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "launch failed") {
+		t.Fatalf("failed launch: %v", err)
+	}
+	fd.launchErr = nil
+	err = l.ForwardDevice(2, 0x1000, 0x2000, 0)
+	if err == nil || !strings.Contains(err.Error(), "previous forward failed") || !strings.Contains(err.Error(), "launch failed") {
+		t.Errorf("forward after a failed launch: %v", err)
+	}
+	if err := rt.usable("add layer"); err == nil {
+		t.Error("the runtime is usable after a failed launch")
+	}
+	if fd.forwards != 0 {
+		t.Errorf("%d forwards ran", fd.forwards)
+	}
+}
+
+func TestDeviceIsMinusOneWithoutAGPU(t *testing.T) {
+	comm := transport.NewLocal(1, 0).Rank(0)
+	rt, err := Open(comm, small(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	if d := rt.Device(); d != -1 {
+		t.Errorf("Device() = %d on the cpu backend, want -1", d)
+	}
+}

@@ -17,6 +17,8 @@
 #   weak     weak scaling: the paper shape on 1, 2, .. W GPUs, DTYPES
 #   trace    the paper shape at TOKENS (128,8192) on 1 and W GPUs, bf16, with
 #            --trace: the phase summary of the last forward (log lines "phases")
+#   sweep    scripts/sweep.sh on GPUS (SWEEP_EXPERTS 8,32,128; SWEEP_TOKENS
+#            128,1024,4096,8192,16384; moerun and, with BASELINE=1, PyTorch)
 #   gotest   the GPU Go tests (bin/gpubackend.test: the tile alone against
 #            float64, forwards in every dtype, graph, trace, layers)
 #   ab       the same paper-shape bench with each cubin of CUBINS (default: the
@@ -25,7 +27,8 @@
 #
 # Needs: bin/moerun (make build), build/driver and build/moerun.cubin for
 # driver, build/libmoerun.so for python. Settings: STEPS, W (default: every
-# GPU), ITERS, GPUS, DTYPES (bf16,tf32), LOGDIR ($OUT or /tmp/moerun-session).
+# GPU), ITERS, GPUS, DTYPES (bf16,tf32), LOGDIR ($OUT or /tmp/moerun-session),
+# BUNDLE (a .tgz path: every step's JSON and tables packed into it at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -94,6 +97,9 @@ for s in $STEPS; do
       grep -o '"config":"[^"]*"\|"phases":"[^"]*"' "$LOGDIR/trace_w$w.log" | sed "s/^/  [w$w] /" | tee -a "$LOGDIR/trace.txt"
       [ "$w" = "$W" ] && break
     done ;;
+  sweep)
+    step sweep 600 env GPUS="${GPUS:-1 2 4}" EXPERTS="${SWEEP_EXPERTS:-8,32,128}" \
+      TOKENS="${SWEEP_TOKENS:-128,1024,4096,8192,16384}" BASELINE="${BASELINE:-0}" scripts/sweep.sh ;;
   gotest)
     step gotest 300 env -C internal/gpubackend MOERUN_CUBIN="$PWD/build/moerun.cubin" \
       ../../bin/gpubackend.test -test.v -test.run "${GOTESTS:-TestForwardOneRank|TestLayers}" ;;
@@ -115,6 +121,12 @@ done
 
 [ -f "$LOGDIR/trace.txt" ] && { echo; echo "trace phases:"; cat "$LOGDIR/trace.txt"; }
 [ -f "$LOGDIR/ab.txt" ] && { echo; echo "a/b (p50 us is column 10):"; cat "$LOGDIR/ab.txt"; }
+# The device tool returns few files: the JSON of every step travels as one
+# archive (traces excepted: large; their phase lines are in trace.txt).
+if [ -n "${BUNDLE:-}" ]; then
+  (cd "$LOGDIR" && find . -name '*.json' ! -path './trace/*' -o -name '*.txt' | tar czf "$BUNDLE" -T -) &&
+    echo "device-session: JSON and tables in $BUNDLE"
+fi
 echo
 echo "device-session: ${ngpu}x ${card:-no GPU}, $("$BIN" version 2>/dev/null | head -1)"
 printf '%s\n' "${ROWS[@]}"

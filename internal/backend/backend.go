@@ -3,12 +3,45 @@
 package backend
 
 import (
+	"errors"
 	"io"
 	"time"
 
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/datagen"
 )
+
+// ErrNotSupported is wrapped by errors for what a backend cannot do (device
+// pointers on the CPU backend, a device forward in a mode the GPU backend
+// does not run on device pointers). Package rank exports the same value as
+// rank.ErrNotSupported. Such an error is a refusal (see Refuse): the call did
+// nothing.
+var ErrNotSupported = errors.New("not supported")
+
+// refusal marks an error as a refusal; its text is the error's own.
+type refusal struct{ err error }
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
+
+// Refuse marks err as a refusal: the call checked its arguments (or what the
+// backend supports) and returned before doing any work, on the device or
+// with the other ranks, so the backend is as it was before the call and
+// later calls may go on. A driver may report it to its caller as an argument
+// error; it must not treat the runtime as failed. Refuse(nil) is nil.
+func Refuse(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &refusal{err}
+}
+
+// IsRefusal reports whether err is a refusal: it was marked by Refuse, or
+// wraps ErrNotSupported.
+func IsRefusal(err error) bool {
+	var r *refusal
+	return errors.As(err, &r) || errors.Is(err, ErrNotSupported)
+}
 
 // Result is what one forward produced on this rank, on the host.
 type Result struct {

@@ -492,3 +492,53 @@ func TestFakeDriverGraphCapture(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// Loaded binds a driver only once the process has loaded it, and never
+// loads it itself.
+func TestLoadedBindsOnlyALoadedDriver(t *testing.T) {
+	fakeDriver(t) // builds the fake
+	b, err := os.ReadFile(fakePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A copy of its own: other tests have loaded the fake already.
+	path := filepath.Join(t.TempDir(), "libfakecuda-loaded.so")
+	if err := os.WriteFile(path, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := loaded([]string{path}); d != nil || err != nil {
+		t.Fatalf("before loading: loaded = %v, %v; want nil, nil", d, err)
+	}
+	if d, err := loaded([]string{path}); d != nil || err != nil {
+		t.Fatalf("loaded loaded it: %v, %v", d, err)
+	}
+	ld, err := LoadFrom(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := loaded([]string{"/nonexistent/libcuda.so.1", path})
+	if d == nil || err != nil {
+		t.Fatalf("after LoadFrom: loaded = %v, %v", d, err)
+	}
+	if d.Path() != path {
+		t.Errorf("Path() = %q, want %q", d.Path(), path)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ctx, err := ld.PrimaryCtxRetain(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ld.CtxSetCurrent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := d.CtxGetCurrent(); c != ctx || err != nil {
+		t.Errorf("CtxGetCurrent through Loaded's driver = %#x, %v; want %#x (the same library)", c, err, ctx)
+	}
+	if err := d.CtxSetCurrent(0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Loaded(); err != nil {
+		t.Errorf("Loaded() = %v", err)
+	}
+}

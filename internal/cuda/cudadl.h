@@ -130,6 +130,12 @@ static inline void *mr_dlopen(const char *path, char *errbuf, size_t n) {
 	return h;
 }
 
+// mr_dlopen_loaded returns a handle of path when the process has loaded it
+// already (RTLD_NOLOAD: it never loads it), else NULL.
+static inline void *mr_dlopen_loaded(const char *path) {
+	return dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+}
+
 // ---- trampolines -----------------------------------------------------------
 // Handles cross the cgo boundary as uintptr_t so that Go never converts an
 // integer to unsafe.Pointer.

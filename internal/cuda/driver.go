@@ -234,6 +234,25 @@ func Load() (*Driver, error) {
 	return nil, fmt.Errorf("CUDA driver not found: %s", strings.Join(errs, "; "))
 }
 
+// Loaded returns the CUDA driver when the process has loaded it already (a
+// framework such as PyTorch, or an earlier Load), without loading it, and
+// nil with no error when it has not. It does not call cuInit: before the
+// process has called it, CtxGetCurrent fails with ErrorNotInitialized (and
+// no context can be current).
+func Loaded() (*Driver, error) { return loaded(libNames) }
+
+func loaded(names []string) (*Driver, error) {
+	for _, name := range names {
+		cname := C.CString(name)
+		h := C.mr_dlopen_loaded(cname)
+		C.free(unsafe.Pointer(cname))
+		if h != nil {
+			return bind(h, name)
+		}
+	}
+	return nil, nil
+}
+
 // LoadFrom opens the CUDA driver library at path (a file name or a name for
 // the dynamic linker) and initialises it with cuInit(0).
 func LoadFrom(path string) (*Driver, error) {
@@ -293,6 +312,12 @@ func open(path string) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
+	return bind(h, path)
+}
+
+// bind resolves every symbol of the opened library h; it closes h when one
+// that is required is missing.
+func bind(h unsafe.Pointer, path string) (*Driver, error) {
 	d := &Driver{path: path, handle: h}
 	var missing []string
 	for i, s := range symbols {

@@ -132,10 +132,26 @@ func (b *Backend) readDeviceWeights(cfg config.Layer, w *DeviceWeights) (*backen
 // deviceInputOK says whether a forward of cfg can take its tokens from
 // device memory as they are: float32 tokens in fp32 and tf32 mode (the
 // kernel's token buffer holds them as given). bf16 mode would need the
-// tokens converted on the device, which is not done yet.
+// tokens converted on the device, which is not done yet: the error wraps
+// backend.ErrNotSupported (a refusal: the backend stays usable).
 func deviceInputOK(cfg config.Layer) error {
 	if cfg.DType == config.BF16 {
-		return fmt.Errorf("a forward on device pointers in bf16 mode is not supported yet (the tokens would need converting on the device): run it with host memory (ForwardLayer), or in fp32/tf32 mode")
+		return fmt.Errorf("a forward on device pointers in bf16 mode is %w yet (the tokens would need converting on the device): run it with host memory (ForwardLayer), or in fp32/tf32 mode", backend.ErrNotSupported)
+	}
+	return nil
+}
+
+// checkDeviceForward checks a device forward's arguments and mode before
+// any device work; its errors are refusals (backend.IsRefusal).
+func checkDeviceForward(id int, cfg config.Layer, world int, x, out DevicePtr) error {
+	if err := cfg.Validate(world); err != nil {
+		return backend.Refuse(fmt.Errorf("forward of layer %d: %w", id, err))
+	}
+	if err := deviceInputOK(cfg); err != nil {
+		return err
+	}
+	if cfg.Tokens > 0 && (x == 0 || out == 0) {
+		return backend.Refuse(fmt.Errorf("forward of layer %d: %d tokens with a null device pointer", id, cfg.Tokens))
 	}
 	return nil
 }
@@ -158,6 +174,11 @@ func deviceInputOK(cfg config.Layer) error {
 //
 // The timing has no elapsed time (nothing is measured without waiting) and
 // SMUtil -1. Graph replay and the per-block trace are not used here.
+//
+// Errors: the checks of the arguments and of the mode, made before any
+// device work, return refusals (backend.IsRefusal; the bf16 mode's wraps
+// backend.ErrNotSupported) and leave the backend usable. Errors from the
+// device, before or after the launch, do not.
 func (b *Backend) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr, stream Stream) (backend.Timing, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -167,21 +188,15 @@ func (b *Backend) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr,
 	}
 	l, err := b.layerFor(id, cfg)
 	if err != nil {
-		return tm, err
+		return tm, backend.Refuse(err)
 	}
-	if err := cfg.Validate(b.world); err != nil {
+	if err := checkDeviceForward(id, cfg, b.world, x, out); err != nil {
 		return tm, err
-	}
-	if err := deviceInputOK(cfg); err != nil {
-		return tm, err
-	}
-	n := uint64(cfg.Tokens) * uint64(cfg.Hidden) * 4
-	if n > 0 && (x == 0 || out == 0) {
-		return tm, fmt.Errorf("forward of layer %d: %d tokens with a null device pointer", id, cfg.Tokens)
 	}
 	if b.staged {
-		return tm, fmt.Errorf("forward of layer %d on device pointers: a staged forward (Stage) has not run", id)
+		return tm, backend.Refuse(fmt.Errorf("forward of layer %d on device pointers: a staged forward (Stage) has not run", id))
 	}
+	n := uint64(cfg.Tokens) * uint64(cfg.Hidden) * 4
 	d, lay, s := b.drv, b.layout, cuda.Stream(stream)
 	if err := d.CtxSetCurrent(b.ctx); err != nil {
 		return tm, err

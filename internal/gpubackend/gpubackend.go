@@ -415,6 +415,10 @@ func (b *Backend) Name() string { return "gpu" }
 // Card is the GPU's name.
 func (b *Backend) Card() string { return b.card }
 
+// Ordinal is the CUDA device ordinal of the backend's GPU among the
+// visible ones (CUDA_VISIBLE_DEVICES): the index PyTorch's torch.cuda uses.
+func (b *Backend) Ordinal() int { return b.ordinal }
+
 // UUID is the CUDA device UUID of this rank's GPU in NVML's form
 // ("GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"): match NVML devices, and
 // check that no two ranks share a GPU, by it.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moerun/moerun/internal/backend"
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/datagen"
 	"github.com/moerun/moerun/internal/transport"
@@ -251,5 +252,33 @@ func TestParamsDType(t *testing.T) {
 		if tensorCore(d) != (d != config.FP32) || uint64(storageBytes(d)) != lay.ElemSize {
 			t.Errorf("%s: tensorCore %v, storage %d, plan elem %d", d, tensorCore(d), storageBytes(d), lay.ElemSize)
 		}
+	}
+}
+
+// The checks before a device forward's device work are refusals; bf16
+// wraps backend.ErrNotSupported.
+func TestDeviceForwardChecksAreRefusals(t *testing.T) {
+	c := config.Default()
+	c.Tokens, c.MaxTokens, c.Hidden, c.FFNHidden, c.Experts = 4, 32, 64, 64, 8
+	if err := checkDeviceForward(0, c, 2, 0x1000, 0x2000); err != nil {
+		t.Fatalf("fp32: %v", err)
+	}
+	bf := c
+	bf.DType = config.BF16
+	err := checkDeviceForward(0, bf, 2, 0x1000, 0x2000)
+	if !errors.Is(err, backend.ErrNotSupported) || !backend.IsRefusal(err) || !strings.Contains(err.Error(), "bf16 mode is not supported yet") {
+		t.Errorf("bf16: %v", err)
+	}
+	err = checkDeviceForward(3, c, 2, 0, 0x2000)
+	if err == nil || errors.Is(err, backend.ErrNotSupported) || !backend.IsRefusal(err) || !strings.Contains(err.Error(), "layer 3: 4 tokens with a null device pointer") {
+		t.Errorf("null x: %v", err)
+	}
+	bad := c
+	bad.Experts = 7
+	if err := checkDeviceForward(0, bad, 2, 0x1000, 0x2000); err == nil || !backend.IsRefusal(err) {
+		t.Errorf("7 experts on 2 ranks: %v", err)
+	}
+	if backend.IsRefusal(errors.New("kernel launch failed")) || backend.Refuse(nil) != nil {
+		t.Error("a plain error is a refusal, or Refuse(nil) is not nil")
 	}
 }

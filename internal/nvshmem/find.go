@@ -12,7 +12,12 @@ import (
 	"time"
 )
 
-// Find locates libnvshmem_host.so.3 and returns its path. It looks, in order:
+// Find locates libnvshmem_host.so.3 and returns its path.
+//
+// When the process has loaded an NVSHMEM host library already (import torch
+// does), Find returns that file, so that the process holds one copy: an
+// explicit setting (MOERUN_NVSHMEM_LIB, else NVSHMEM_HOME) that names a
+// different file is an error naming both. Otherwise it looks, in order:
 //
 //  1. $MOERUN_NVSHMEM_LIB, the library's full path (an error if it is not there);
 //  2. $NVSHMEM_HOME/lib (an error if the library is not there);
@@ -38,7 +43,7 @@ func Find() (string, error) {
 		}
 	}
 	home, _ := os.UserHomeDir()
-	f := finder{getenv: os.Getenv, home: home, exeDir: exeDir, askPython: askPython}
+	f := finder{getenv: os.Getenv, home: home, exeDir: exeDir, askPython: askPython, loaded: loadedLib}
 	return f.find()
 }
 
@@ -49,12 +54,24 @@ type finder struct {
 	home      string
 	exeDir    string
 	askPython func(python string) (pkgDir string, err error)
+	// loaded returns the NVSHMEM host library the process has loaded
+	// already ("" if none); nil skips the check.
+	loaded func() (string, error)
 }
 
 // wheelLib is where the library sits inside a site-packages folder.
 const wheelLib = "nvidia/nvshmem/lib"
 
 func (f finder) find() (string, error) {
+	if f.loaded != nil {
+		p, err := f.loaded()
+		if err != nil {
+			return "", err
+		}
+		if p != "" {
+			return f.useLoaded(p)
+		}
+	}
 	var looked []string
 
 	if p := f.getenv("MOERUN_NVSHMEM_LIB"); p != "" {

@@ -167,7 +167,10 @@ func (e *Error) Error() string {
 }
 
 // Load opens the NVSHMEM host library at path (from Find, or a name for the
-// dynamic linker) and resolves every symbol this package binds. Before
+// dynamic linker) and resolves every symbol this package binds. It fails,
+// naming the files, when the process then maps two different
+// libnvshmem_host files (/proc/self/maps): another copy was loaded already
+// (Find returns that one). Before
 // opening it sets, where they are unset, NVSHMEM_DISABLE_NVLS=1,
 // NVSHMEM_REMOTE_TRANSPORT=none and NVSHMEM_BOOTSTRAP_UID_PLUGIN (to the
 // plugin beside the library, when it is there); Defaults reports what it set.
@@ -197,7 +200,36 @@ func Load(path string) (*Lib, error) {
 		C.dlclose(h)
 		return nil, fmt.Errorf("%s is not a usable NVSHMEM 3 host library: missing %s", path, strings.Join(missing, ", "))
 	}
+	// One copy in the process: a second file (even of the same version) has
+	// state of its own, which NVSHMEM's other user (PyTorch) would not share.
+	if err := checkOneCopy(path); err != nil {
+		C.dlclose(h)
+		return nil, err
+	}
 	return l, nil
+}
+
+// loadedSym reports whether a library named name is loaded in the process
+// (never loading it) and the address of its symbol sym (0 if it lacks it).
+func loadedSym(name, sym string) (loaded bool, addr uintptr) {
+	cname, csym := C.CString(name), C.CString(sym)
+	defer C.free(unsafe.Pointer(cname))
+	defer C.free(unsafe.Pointer(csym))
+	var a C.uintptr_t
+	ok := C.mr_loaded_sym(cname, csym, &a)
+	return ok != 0, uintptr(a)
+}
+
+// dlopenGlobal loads path with RTLD_GLOBAL and keeps it loaded, as another
+// user of NVSHMEM (PyTorch) does; for tests.
+func dlopenGlobal(path string) error {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var buf [1024]C.char
+	if C.mr_dlopen_global(cpath, &buf[0], C.size_t(len(buf))) != 0 {
+		return errors.New(C.GoString(&buf[0]))
+	}
+	return nil
 }
 
 // applyEnvDefaults sets the env defaults that are unset and returns them as

@@ -110,6 +110,33 @@ static inline void *mr_dlopen(const char *path, char *errbuf, size_t n) {
 	return h;
 }
 
+// mr_loaded_sym looks for a library named name that the process has loaded
+// already (RTLD_NOLOAD: it never loads one; a bare name matches a loaded
+// library's SONAME too). It returns 0 when there is none, else 1 with the
+// address of its symbol sym in *addr (0 when it lacks sym).
+static inline int mr_loaded_sym(const char *name, const char *sym, uintptr_t *addr) {
+	void *h = dlopen(name, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+	*addr = 0;
+	if (h == NULL) {
+		return 0;
+	}
+	*addr = (uintptr_t)dlsym(h, sym);
+	dlclose(h);
+	return 1;
+}
+
+// mr_dlopen_global opens path with RTLD_GLOBAL, as another user of NVSHMEM
+// (PyTorch) loads it (tests). Returns 0 on success, else copies dlerror().
+static inline int mr_dlopen_global(const char *path, char *errbuf, size_t n) {
+	void *h = dlopen(path, RTLD_NOW | RTLD_GLOBAL);
+	if (h == NULL) {
+		const char *e = dlerror();
+		snprintf(errbuf, n, "%s", e ? e : "unknown dlopen error");
+		return -1;
+	}
+	return 0;
+}
+
 // ---- trampolines -----------------------------------------------------------
 // Device addresses cross as uint64_t, handles as uintptr_t, so that Go never
 // turns an integer into unsafe.Pointer.
