@@ -113,7 +113,7 @@ const (
 // statusOf is the status of a failed call's error: the code an errStatus
 // carries; MOERUN_ENOTSUP for what the backend does not support
 // (rank.ErrNotSupported, which the backends wrap: the CPU backend's device
-// pointers, the GPU backend's bf16 forward on device pointers); ECLOSED for
+// pointers); ECLOSED for
 // a closed runtime; EFAILED otherwise.
 func statusOf(err error) C.moerun_status {
 	var es *errStatus

@@ -193,9 +193,9 @@ moerun_status moerun_add_layer_device(moerun_runtime rt, const moerun_config *cf
 moerun_status moerun_forward(moerun_layer layer, int32_t tokens, const float *x, float *out);
 
 /* Runs the layer on device pointers, ordered on stream (a CUstream; 0 the
- * default stream): returns once enqueued. The CPU backend returns
- * MOERUN_ENOTSUP, and so does the GPU backend for a bf16 layer (run those
- * with moerun_forward); the runtime stays usable after either. Collective. */
+ * default stream): returns once enqueued. x and out are float32 in every
+ * dtype (bf16 layers convert x on the device, on stream). The CPU backend
+ * returns MOERUN_ENOTSUP; the runtime stays usable after it. Collective. */
 moerun_status moerun_forward_device(moerun_layer layer, int32_t tokens, uint64_t x, uint64_t out, uint64_t stream);
 
 /* Copies the last host forward's routing: for each of its tokens the k

@@ -212,3 +212,24 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(co
     *reinterpret_cast<volatile uint32_t*>(t.status) = 1u;
   }
 }
+
+// Tokens of a bf16 forward on device pointers (params.h MoeConvert): fp32 to
+// bf16, round to nearest even like the host path, 4 values per thread step.
+extern "C" __global__ void __launch_bounds__(MOE_THREADS) moerun_tokens_bf16(const __grid_constant__ MoeConvert c) {
+  const float* src = reinterpret_cast<const float*>(c.src);
+  __nv_bfloat16* dst = reinterpret_cast<__nv_bfloat16*>(c.dst);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t n4 = (c.src % 16 == 0 && c.dst % 8 == 0) ? c.n / 4 : 0;  // aligned vectors
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n4; i += stride) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(src) + i);
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y);
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(v.z, v.w);
+    uint2 u;
+    u.x = *reinterpret_cast<const uint32_t*>(&lo);
+    u.y = *reinterpret_cast<const uint32_t*>(&hi);
+    reinterpret_cast<uint2*>(dst)[i] = u;
+  }
+  for (int64_t i = 4 * n4 + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < c.n; i += stride) {
+    dst[i] = __float2bfloat16_rn(src[i]);
+  }
+}

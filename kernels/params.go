@@ -86,7 +86,8 @@ const (
 // Names of the kernel and of the globals the host reads from the module.
 const (
 	KernelName        = "moerun_moe"
-	TileTestName      = "moerun_tile_test" // debug entry: one tensor-core tile (TileTest)
+	TileTestName      = "moerun_tile_test"   // debug entry: one tensor-core tile (TileTest)
+	ConvertName       = "moerun_tokens_bf16" // float32 tokens to bf16 on the device (Convert)
 	SymABIVersion     = "moerun_abi_version"
 	SymParamsSize     = "moerun_params_size"
 	SymNVSHMEMVersion = "moerun_nvshmem_version" // int[3]: major, minor, patch
@@ -208,6 +209,20 @@ type TileTest struct {
 	Status uint64 `c:"status"`
 }
 
+// Convert mirrors MoeConvert, the argument of moerun_tokens_bf16.
+type Convert struct {
+	Src uint64 `c:"src"`
+	Dst uint64 `c:"dst"`
+	N   int64  `c:"n"`
+}
+
+// Bytes is c exactly as moerun_tokens_bf16 reads its argument.
+func (c *Convert) Bytes() []byte {
+	b := make([]byte, ConvertSize)
+	copy(b, unsafe.Slice((*byte)(unsafe.Pointer(c)), ConvertSize))
+	return b
+}
+
 // TraceEvent mirrors MoeTraceEvent: one traced task of one block.
 type TraceEvent struct {
 	Start uint64 `c:"start"`
@@ -243,6 +258,7 @@ const (
 	RowTileSize    = unsafe.Sizeof(RowTile{})
 	SchedSize      = unsafe.Sizeof(Sched{})
 	TileTestSize   = unsafe.Sizeof(TileTest{})
+	ConvertSize    = unsafe.Sizeof(Convert{})
 	TraceEventSize = unsafe.Sizeof(TraceEvent{})
 )
 

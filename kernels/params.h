@@ -252,6 +252,16 @@ typedef struct MoeTileTest {
     uint64_t status; /* u32 */
 } MoeTileTest;
 
+/* Argument of moerun_tokens_bf16: converts n float32 tokens at src to bf16
+ * (round to nearest even, as the host's conversion) at dst, the layer's token
+ * buffer, so that a bf16 forward can take its tokens from device memory. Any
+ * grid; MOE_THREADS threads per block. */
+typedef struct MoeConvert {
+    uint64_t src;    /* [n] f32 */
+    uint64_t dst;    /* [n] bf16 */
+    int64_t n;
+} MoeConvert;
+
 /* One traced task (params.trace): %globaltimer ns at its start and end.
  * Written by thread 0 of the block that ran it, into the block's own
  * trace_cap slots; events past trace_cap are counted, not stored. */

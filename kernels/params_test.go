@@ -17,6 +17,7 @@ var mirrors = map[string]reflect.Type{
 	"MoeRowTile":    reflect.TypeOf(RowTile{}),
 	"MoeSched":      reflect.TypeOf(Sched{}),
 	"MoeTileTest":   reflect.TypeOf(TileTest{}),
+	"MoeConvert":    reflect.TypeOf(Convert{}),
 	"MoeTraceEvent": reflect.TypeOf(TraceEvent{}),
 }
 

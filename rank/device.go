@@ -74,8 +74,9 @@ func (r *Runtime) AddLayerDevice(cfg Config, w *DeviceWeights) (*Layer, error) {
 // in device memory on this rank's GPU, ordered on stream: it returns once
 // the forward is enqueued, and out is ready for work enqueued on stream
 // after it. Any layer can run this way, whatever its weights came from. The
-// CPU backend returns an error wrapping ErrNotSupported, and so does the GPU
-// backend for a bf16 layer; the runtime stays usable after such an error
+// CPU backend returns an error wrapping ErrNotSupported (x and out are
+// float32 in every dtype; the GPU backend converts a bf16 layer's tokens on
+// the device); the runtime stays usable after such an error
 // (and after a bad argument), while an error at or after the kernel's launch
 // makes it refuse every later forward.
 func (l *Layer) ForwardDevice(tokens int, x, out DevicePtr, stream Stream) error {

@@ -31,7 +31,7 @@
 // device state mid-way: the runtime then refuses every later forward with
 // that first error until it is closed. A forward that the backend refused
 // before doing any work (a bad argument, or an error wrapping
-// ErrNotSupported, such as a bf16 forward on device pointers) leaves the
+// ErrNotSupported, such as device pointers on the CPU backend) leaves the
 // runtime usable.
 //
 // # Threads
@@ -110,8 +110,7 @@ var ErrClosed = errors.New("rank: runtime is closed")
 
 // ErrNotSupported is wrapped by errors for what the runtime's backend cannot
 // do (device pointers on the CPU backend, caller weights on a backend that
-// holds one generated layer, a bf16 forward on device pointers on the GPU
-// backend). It is backend.ErrNotSupported, the value the backends wrap. Such
+// holds one generated layer). It is backend.ErrNotSupported, the value the backends wrap. Such
 // a call did nothing: the runtime stays usable.
 var ErrNotSupported = backend.ErrNotSupported
 

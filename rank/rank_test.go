@@ -493,8 +493,9 @@ func TestVerifyReportsRelativeError(t *testing.T) {
 }
 
 // fakeDevice is a backend that takes device pointers: the CPU backend for
-// everything else, and a device forward that refuses bf16 as the GPU
-// backend does, or fails at its launch when launchErr is set.
+// everything else, and a device forward that refuses bf16 (a stand-in for
+// any refusal before device work: ErrNotSupported), or fails at its launch
+// when launchErr is set.
 type fakeDevice struct {
 	backend.Backend
 	launchErr error

@@ -2,7 +2,7 @@
 # The Python example's GPU path on 2 GPUs of this node: examples/python/moe_torch.py
 # (PyTorch CUDA tensors passed to the C ABI by device pointer, on PyTorch's stream) under
 # mpirun, each output checked against PyTorch's own float64 computation of the same layers
-# within the dtype's tolerance (DESIGN.md section 1 item 5). Runs fp32 and tf32, once with
+# within the dtype's tolerance (DESIGN.md section 1 item 5). Runs fp32, tf32 and bf16, once with
 # NCCL all_reduces on another stream between forwards, once with device weights, after a
 # CPU-backend run of the ctypes example as a sanity check of the library and MPI. Every run
 # is bounded by `timeout 120`; logs go to ${OUT:-/tmp}/python-gpu-*.log; a PASS/FAIL table
@@ -118,4 +118,5 @@ job fp32 examples/python/moe_ctypes.py --lib "$LIB" --backend gpu --dtype fp32 -
 job tf32 examples/python/moe_torch.py --lib "$LIB" --dtype tf32 --verbose
 job fp32-nccl examples/python/moe_torch.py --lib "$LIB" --dtype fp32 --nccl --verbose
 job tf32-devw examples/python/moe_torch.py --lib "$LIB" --dtype tf32 --device-weights --verbose
+job bf16 examples/python/moe_torch.py --lib "$LIB" --dtype bf16 --verbose
 table

@@ -9,6 +9,7 @@ import (
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/cuda"
 	"github.com/moerun/moerun/internal/datagen"
+	"github.com/moerun/moerun/kernels"
 	"github.com/moerun/moerun/symheap"
 )
 
@@ -129,14 +130,34 @@ func (b *Backend) readDeviceWeights(cfg config.Layer, w *DeviceWeights) (*backen
 	return hw, nil
 }
 
-// deviceInputOK says whether a forward of cfg can take its tokens from
-// device memory as they are: float32 tokens in fp32 and tf32 mode (the
-// kernel's token buffer holds them as given). bf16 mode would need the
-// tokens converted on the device, which is not done yet: the error wraps
-// backend.ErrNotSupported (a refusal: the backend stays usable).
-func deviceInputOK(cfg config.Layer) error {
-	if cfg.DType == config.BF16 {
-		return fmt.Errorf("a forward on device pointers in bf16 mode is %w yet (the tokens would need converting on the device): run it with host memory (ForwardLayer), or in fp32/tf32 mode", backend.ErrNotSupported)
+// convertBlocks bounds the grid of the token conversion: a few waves of
+// blocks are enough for a memory-bound copy of at most a few hundred MB.
+const convertBlocks = 1024
+
+// deviceTokens puts a device forward's n bytes of float32 tokens x into the
+// kernel's token buffer on stream s: a copy in fp32 and tf32 mode; in bf16
+// mode the conversion kernel (round to nearest even, the same bits as the
+// host path's toBF16), since the kernel reads bf16 tokens there.
+func (b *Backend) deviceTokens(cfg config.Layer, x DevicePtr, n uint64, s cuda.Stream) error {
+	if n == 0 {
+		return nil
+	}
+	dst := symheap.Addr(uint64(b.local), b.layout.X)
+	if cfg.DType != config.BF16 {
+		if err := b.drv.MemcpyDtoDAsync(cuda.DevicePtr(dst), cuda.DevicePtr(x), n, s); err != nil {
+			return fmt.Errorf("copy tokens: %w", err)
+		}
+		return nil
+	}
+	if b.convErr != nil {
+		return backend.Refuse(fmt.Errorf("a bf16 forward on device pointers needs the kernel entry %s, which %s lacks (%v): rebuild the cubin", kernels.ConvertName, b.info.CubinFrom, b.convErr))
+	}
+	count := int64(n / 4)
+	arg := kernels.Convert{Src: uint64(x), Dst: dst, N: count}
+	blocks := (count/4 + kernels.Threads - 1) / kernels.Threads
+	blocks = max(1, min(blocks, convertBlocks))
+	if err := b.drv.LaunchKernel(b.convFn, [3]uint32{uint32(blocks), 1, 1}, [3]uint32{kernels.Threads, 1, 1}, 0, s, arg.Bytes()); err != nil {
+		return fmt.Errorf("convert tokens to bf16: %w", err)
 	}
 	return nil
 }
@@ -146,9 +167,6 @@ func deviceInputOK(cfg config.Layer) error {
 func checkDeviceForward(id int, cfg config.Layer, world int, x, out DevicePtr) error {
 	if err := cfg.Validate(world); err != nil {
 		return backend.Refuse(fmt.Errorf("forward of layer %d: %w", id, err))
-	}
-	if err := deviceInputOK(cfg); err != nil {
-		return err
 	}
 	if cfg.Tokens > 0 && (x == 0 || out == 0) {
 		return backend.Refuse(fmt.Errorf("forward of layer %d: %d tokens with a null device pointer", id, cfg.Tokens))
@@ -161,7 +179,8 @@ func checkDeviceForward(id int, cfg config.Layer, world int, x, out DevicePtr) e
 // device memory. Collective.
 //
 // Ordering: everything is enqueued on stream, in stream order: the copy of
-// x into the kernel's token buffer, the kernel, and the copy of the output
+// x into the kernel's token buffer (in bf16 mode a conversion kernel that
+// rounds them to bf16 as the host path does), the kernel, and the copy of the output
 // into out. It returns without waiting: out is ready for work enqueued on
 // stream after this call, and x may be overwritten by such work. The
 // backend's buffers are shared by all layers, so a later forward (on any
@@ -212,10 +231,8 @@ func (b *Backend) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr,
 			return tm, err
 		}
 	}
-	if n > 0 {
-		if err := d.MemcpyDtoDAsync(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.X)), cuda.DevicePtr(x), n, s); err != nil {
-			return tm, fmt.Errorf("copy tokens: %w", err)
-		}
+	if err := b.deviceTokens(cfg, x, n, s); err != nil {
+		return tm, err
 	}
 	p := b.paramsFor(cfg, l.wp)
 	p.Trace, p.TraceCounts, p.TraceCap = 0, 0, 0

@@ -817,12 +817,12 @@ func TestLayers(t *testing.T) {
 					}
 				}
 			}
-			if dt == config.FP32 {
-				for _, id := range ids {
-					c := cfgs[id]
-					c.Tokens = 37 + 50*id
-					deviceForwardCase(t, b, id, c, first[id])
-				}
+			// Device forwards in every dtype (bf16: the tokens converted on
+			// the device) give ForwardLayer's output bit for bit.
+			for _, id := range ids {
+				c := cfgs[id]
+				c.Tokens = 37 + 50*id
+				deviceForwardCase(t, b, id, c, first[id])
 			}
 		})
 	}

@@ -117,6 +117,8 @@ type Backend struct {
 	modShmem   bool
 	fn         cuda.Function
 	tileFn     cuda.Function // debug entry moerun_tile_test (TileCheck)
+	convFn     cuda.Function // moerun_tokens_bf16: a bf16 device forward's tokens
+	convErr    error         // why convFn is missing (a cubin older than the entry)
 	info       KernelInfo
 	stream     cuda.Stream
 	haveStream bool
@@ -346,6 +348,11 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 	}
 	if b.tileFn, err = d.ModuleGetFunction(mod, kernels.TileTestName); err != nil {
 		return err
+	}
+	// Only bf16 forwards on device pointers need it: an older cubin without
+	// it still runs everything else (deviceTokens names what is missing).
+	if b.convFn, err = d.ModuleGetFunction(mod, kernels.ConvertName); err != nil {
+		b.convFn, b.convErr = 0, err
 	}
 	// Every block takes PhaseBytes of dynamic shared memory (above the 48 KB
 	// that needs no opt-in).

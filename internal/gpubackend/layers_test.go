@@ -148,8 +148,8 @@ func TestLayerRefusals(t *testing.T) {
 	bf := c
 	bf.DType = config.BF16
 	b.layers[1] = &gpuLayer{static: bf.Static()}
-	if _, err := b.ForwardLayerDevice(1, bf, 1, 2, 0); err == nil || !strings.Contains(err.Error(), "bf16") {
-		t.Errorf("device forward in bf16: %v", err)
+	if _, err := b.ForwardLayerDevice(1, bf, 0, 2, 0); err == nil || !strings.Contains(err.Error(), "null") || strings.Contains(err.Error(), "bf16") {
+		t.Errorf("device forward in bf16 with a null pointer: %v (a bf16 layer passes the dtype check; the pointer is refused)", err)
 	}
 	if _, err := b.ForwardLayerDevice(0, c, 0, 2, 0); err == nil || !strings.Contains(err.Error(), "null") {
 		t.Errorf("device forward with a null pointer: %v", err)

@@ -20,6 +20,7 @@ static const moe_entry moe_sizes[] = {
     MOE_SIZE(MoeRowTile),
     MOE_SIZE(MoeSched),
     MOE_SIZE(MoeTileTest),
+    MOE_SIZE(MoeConvert),
     MOE_SIZE(MoeTraceEvent),
 };
 static const moe_entry moe_fields[] = {
@@ -105,6 +106,9 @@ static const moe_entry moe_fields[] = {
     MOE_FIELD(MoeSched, arr_tile0),
     MOE_FIELD(MoeSched, ret_done),
     MOE_FIELD(MoeSched, ret_target),
+    MOE_FIELD(MoeConvert, src),
+    MOE_FIELD(MoeConvert, dst),
+    MOE_FIELD(MoeConvert, n),
     MOE_FIELD(MoeTileTest, dtype),
     MOE_FIELD(MoeTileTest, nb),
     MOE_FIELD(MoeTileTest, mrows),
