@@ -54,6 +54,9 @@ func (r *Runtime) AddLayer(cfg Config, w *Weights) (*Layer, error) {
 	lb, multi := r.b.(backend.Layers)
 	if err == nil && w != nil {
 		err = cpubackend.CheckWeights(cfg, w, r.comm.Rank(), r.comm.Size())
+		// From here the layer's weights are the values its dtype stores
+		// (bf16 matrices in bf16 mode), for the backend and for Verify.
+		w = backend.StoredWeights(cfg, w)
 	}
 	if err == nil && !multi {
 		switch {

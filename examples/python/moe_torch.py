@@ -101,12 +101,21 @@ def config(w, dtype):
 
 class TorchLayer:
     """PyTorch's own float64 computation of one layer, from the same weights
-    (held on the device)."""
+    (held on the device). In bf16 mode it computes, as DESIGN.md section 1
+    defines the mode, from the values the layer stores: tokens and expert
+    weights rounded to bf16 once (round to nearest even), the gate and the
+    biases in float32 (the library keeps the gate exact as a sum of bf16
+    pieces)."""
 
-    def __init__(self, torch, w, dev):
-        t = lambda a: None if a is None else torch.from_numpy(a).to(dev, torch.float64)  # noqa: E731
-        self.torch, self.ffn, self.renormalize = torch, w["ffn"], w["renormalize"]
-        self.gate, self.w1, self.wu, self.w2 = t(w["gate"]), t(w["w1"]), t(w["wu"]), t(w["w2"])
+    def __init__(self, torch, w, dev, bf16=False):
+        def t(a, rounded=False):
+            if a is None:
+                return None
+            v = torch.from_numpy(a).to(dev)
+            return (v.to(torch.bfloat16) if rounded else v).to(torch.float64)
+        self.torch, self.ffn, self.renormalize, self.bf16 = torch, w["ffn"], w["renormalize"], bf16
+        self.gate = t(w["gate"])
+        self.w1, self.wu, self.w2 = t(w["w1"], bf16), t(w["wu"], bf16), t(w["w2"], bf16)
         self.b1 = None if w["b1"] is None else t(w["b1"]).unsqueeze(1)  # [E, 1, I]
         self.b2 = None if w["b2"] is None else t(w["b2"]).unsqueeze(1)  # [E, 1, H]
 
@@ -115,7 +124,7 @@ class TorchLayer:
         ids [T, K] (descending probability, ties to the lower index) and each
         token's gap between its k-th and (k+1)-th probability [T]."""
         torch = self.torch
-        x = x.double()
+        x = (x.to(torch.bfloat16) if self.bf16 else x).double()
         t = x.shape[0]
         p = torch.softmax(x @ self.gate, dim=1)
         sp, si = torch.sort(p, dim=1, descending=True, stable=True)
@@ -314,7 +323,7 @@ def run(a, torch, dist, lib, rt, dev, gpu):
             raise Failed(f"rank {me}: NCCL warm-up all_reduce gave {t.item()}, want {size}")
 
     weights = [make_layer(li + 1, ffn, inner, renorm, gain) for li, (ffn, inner, renorm, gain) in enumerate(LAYERS)]
-    refs = [TorchLayer(torch, w, dev) for w in weights]
+    refs = [TorchLayer(torch, w, dev, bf16=a.dtype == "bf16") for w in weights]
     layers, device_layer, keep_alive = [], -1, []
     for li, w in enumerate(weights):
         h = abi.H64()

@@ -92,6 +92,27 @@ type Weights struct {
 	Experts map[int]*datagen.Expert // the experts this rank owns, by global id
 }
 
+// StoredWeights returns w as a layer of cfg's dtype stores it (DESIGN.md
+// section 1: in bf16 mode the expert matrices are rounded to bf16 once, and
+// the reference computes from those values; the gate stays float32, which
+// the GPU keeps exact as a sum of bf16 pieces). w itself where nothing
+// changes.
+func StoredWeights(cfg config.Layer, w *Weights) *Weights {
+	if w == nil || cfg.DType != config.BF16 {
+		return w
+	}
+	r := &Weights{Gate: w.Gate, Experts: make(map[int]*datagen.Expert, len(w.Experts))}
+	changed := false
+	for e, ex := range w.Experts {
+		r.Experts[e] = ex.StoredAs(cfg.DType)
+		changed = changed || r.Experts[e] != ex
+	}
+	if !changed {
+		return w
+	}
+	return r
+}
+
 // Layers is implemented by backends that hold several layers at once (a
 // model has dozens of MoE layers) sharing one set of communication buffers:
 // each layer has its own weights and is run by id.

@@ -426,6 +426,17 @@ func (r *refWeights) get(c config.Layer, ids []int32) (*refWeights, error) {
 			return nil, err
 		}
 		r.gate, r.experts = r.ck.weights.Gate, src
+		if c.DType == config.BF16 { // the values a bf16 layer stores
+			rounded := map[int]*datagen.Expert{}
+			r.experts = func(e int) *datagen.Expert {
+				if ex, ok := rounded[e]; ok {
+					return ex
+				}
+				ex := src(e).StoredAs(c.DType)
+				rounded[e] = ex
+				return ex
+			}
+		}
 		return r, nil
 	}
 	k := c

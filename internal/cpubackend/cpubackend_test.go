@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/moerun/moerun/internal/backend"
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/datagen"
 	"github.com/moerun/moerun/internal/reference"
@@ -106,6 +107,55 @@ func TestForwardRefusesMismatchedInput(t *testing.T) {
 		}
 		if _, err := b.Forward(c, make([]float32, 3)); err == nil {
 			return fmt.Errorf("forward with a short x succeeded")
+		}
+		return nil
+	})
+}
+
+// In bf16 mode the layer stores its tokens and expert matrices as bf16:
+// caller values that are not bf16 values give the output of the reference
+// computed from the rounded values (DESIGN.md section 1), bit for bit.
+func TestBF16CallerValuesAreRounded(t *testing.T) {
+	c := config.Default()
+	c.Hidden, c.FFNHidden, c.Experts, c.TopK, c.MaxTokens, c.Tokens, c.Seed = 16, 24, 4, 2, 32, 19, 5
+	c.DType, c.FFN = config.BF16, config.FFNSwiGLU
+	f := c
+	f.DType = config.FP32 // fp32 generation: values that are not bf16 values
+	w := &backend.Weights{Gate: datagen.Gate(f), Experts: map[int]*datagen.Expert{}}
+	for e := 0; e < c.Experts; e++ {
+		ex := datagen.ExpertWeights(f, e)
+		w.Experts[e] = &ex
+	}
+	x := datagen.Tokens(f, 0, c.Tokens)
+	if got := datagen.RoundedBF16(x); &got[0] == &x[0] {
+		t.Fatal("the test's tokens are bf16 values already: it would prove nothing")
+	}
+	runRanks(t, 1, func(comm transport.Comm) error {
+		b := New(comm)
+		defer b.Close()
+		if err := b.PrepareLayer(0, c, w); err != nil {
+			return err
+		}
+		if _, err := b.ForwardLayer(0, c, x); err != nil {
+			return err
+		}
+		rounded := map[int]*datagen.Expert{}
+		for e, ex := range w.Experts {
+			rounded[e] = ex.StoredAs(config.BF16)
+		}
+		want, _ := reference.Forward(f, datagen.RoundedBF16(x), w.Gate, func(e int) *datagen.Expert { return rounded[e] })
+		unrounded, _ := reference.Forward(f, x, w.Gate, func(e int) *datagen.Expert { return w.Experts[e] })
+		got := b.Out64()
+		same, differs := true, false
+		for i := range want {
+			same = same && math.Float64bits(got[i]) == math.Float64bits(want[i])
+			differs = differs || got[i] != unrounded[i]
+		}
+		if !same {
+			return fmt.Errorf("bf16 output differs from the reference on the rounded values")
+		}
+		if !differs {
+			return fmt.Errorf("bf16 output equals the unrounded computation: the rounding did not happen")
 		}
 		return nil
 	})

@@ -47,6 +47,41 @@ func Uniform(seed uint64, t Tensor, i uint64) float32 {
 	return float32(int32(h>>40)-(1<<23)) / (1 << 23)
 }
 
+// RoundedBF16 returns x if every value is a bf16 value already, else a copy
+// rounded with RoundBF16: what a bf16 tensor made from x holds.
+func RoundedBF16(x []float32) []float32 {
+	for i, v := range x {
+		if RoundBF16(v) != v && v == v {
+			y := make([]float32, len(x))
+			copy(y, x[:i])
+			for j := i; j < len(x); j++ {
+				y[j] = RoundBF16(x[j])
+			}
+			return y
+		}
+	}
+	return x
+}
+
+// StoredAs returns the expert's weights as a layer of dtype d stores them:
+// in bf16 mode the matrices (W1, Wu, W2) rounded to bf16 (biases stay
+// float32), a copy only where a value changes; ex itself otherwise.
+func (ex *Expert) StoredAs(d config.DType) *Expert {
+	if ex == nil || d != config.BF16 {
+		return ex
+	}
+	r := &Expert{W1: RoundedBF16(ex.W1), B1: ex.B1, W2: RoundedBF16(ex.W2), B2: ex.B2, Wu: RoundedBF16(ex.Wu)}
+	if sameSlice(r.W1, ex.W1) && sameSlice(r.W2, ex.W2) && sameSlice(r.Wu, ex.Wu) {
+		return ex
+	}
+	return r
+}
+
+// sameSlice says whether a and b are the same backing array and length.
+func sameSlice(a, b []float32) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
 // RoundBF16 rounds an fp32 value to the nearest bf16 (ties to even) and
 // widens it back, so that the value is exactly what a bf16 tensor holds.
 func RoundBF16(x float32) float32 {

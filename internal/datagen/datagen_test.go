@@ -87,3 +87,40 @@ func TestRoundBF16(t *testing.T) {
 		}
 	}
 }
+
+func TestRoundedBF16CopiesOnlyWhenAValueChanges(t *testing.T) {
+	exact := []float32{0, 1, -2.5, 0.15625, float32(math.Inf(1))}
+	if got := RoundedBF16(exact); &got[0] != &exact[0] {
+		t.Error("bf16 values: a copy was made")
+	}
+	x := []float32{1, 1.00390625 /* 1 + 2^-8: a tie, to even: 1 */, 1.01171875 /* 1 + 3·2^-8: to 1 + 2^-6 */, -3.14159}
+	orig := append([]float32(nil), x...)
+	got := RoundedBF16(x)
+	want := []float32{1, 1, 1.015625, -3.140625}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("RoundedBF16(%v)[%d] = %v, want %v", orig[i], i, got[i], want[i])
+		}
+		if x[i] != orig[i] {
+			t.Errorf("the input changed at %d: %v", i, x[i])
+		}
+	}
+}
+
+func TestStoredAsRoundsMatricesInBF16Only(t *testing.T) {
+	ex := &Expert{W1: []float32{1.01171875}, B1: []float32{1.01171875}, W2: []float32{0.5}, B2: nil, Wu: []float32{-3.14159}}
+	if ex.StoredAs(config.FP32) != ex || ex.StoredAs(config.TF32) != ex {
+		t.Error("fp32/tf32: not the expert itself")
+	}
+	r := ex.StoredAs(config.BF16)
+	if r == ex || r.W1[0] != 1.015625 || r.Wu[0] != -3.140625 || r.W2[0] != 0.5 {
+		t.Errorf("bf16: %+v", r)
+	}
+	if r.B1[0] != 1.01171875 || ex.W1[0] != 1.01171875 {
+		t.Errorf("bf16: the bias was rounded or the input changed: %+v, %+v", r, ex)
+	}
+	same := &Expert{W1: []float32{1}, W2: []float32{2}}
+	if same.StoredAs(config.BF16) != same {
+		t.Error("bf16 values already: a copy was made")
+	}
+}

@@ -230,6 +230,16 @@ func Combine(w []float64, ys [][]float64, out []float64) {
 	}
 }
 
+// StoredTokens returns tokens x as a layer of c's dtype stores them: rounded
+// to bf16 in bf16 mode (DESIGN.md section 1: the reference computes from the
+// rounded values), x itself otherwise or when they are bf16 values already.
+func StoredTokens(c config.Layer, x []float32) []float32 {
+	if c.DType != config.BF16 {
+		return x
+	}
+	return datagen.RoundedBF16(x)
+}
+
 // Widen converts a float32 row to float64.
 func Widen(x []float32) []float64 {
 	y := make([]float64, len(x))
@@ -247,6 +257,7 @@ type ExpertSource func(e int) *datagen.Expert
 // capacity, the experts and the combine, all in float64. It returns the
 // output [T, H] and the routing used.
 func Forward(c config.Layer, x, gate []float32, expert ExpertSource) ([]float64, []Route) {
+	x = StoredTokens(c, x)
 	t, h := len(x)/c.Hidden, c.Hidden
 	routes := make([]Route, t)
 	for i := range routes {

@@ -134,6 +134,7 @@ func Check(in CheckInput) Report {
 	}
 	ApplyCapacity(routes, c.Experts, c.Capacity(t))
 
+	in.X = StoredTokens(c, in.X) // the kernel's own tokens in bf16 mode
 	tokens := sampleTokens(t, in.MaxChecked)
 	rep.Checked = len(tokens)
 	refs := make([][]float64, len(tokens))
