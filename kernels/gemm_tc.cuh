@@ -331,6 +331,15 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
     if (s < ksteps) load(s, s);
     cp_async_commit();
   }
+  // At step kt (in stage buffer st), after the barrier that frees the buffer
+  // of step kt - 1: start the copies of step kt + kTcStages - 1 into it.
+  auto load_next = [&](int kt, int st) {
+    const int nk = kt + kTcStages - 1;
+    int ns = st + kTcStages - 1;
+    if (ns >= kTcStages) ns -= kTcStages;
+    if (nk < ksteps) load(ns, nk);
+    cp_async_commit();
+  };
 #if MOE_TC_WGMMA
   // Warpgroup g multiplies A rows 64g..+63 by all 128 B rows; a k-step is 32
   // bytes of every row, i.e. +2 in the descriptors' 16-byte address units.
@@ -341,13 +350,7 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
     fence_proxy_async_smem();        // ... and are visible to the tensor cores' reads
     wgmma_wait<0>(acc);              // this warpgroup is done reading step kt - 1
     __syncthreads();                 // everyone's copies landed; step kt - 1's buffer is free
-    {
-      const int nk = kt + kTcStages - 1;
-      int ns = st + kTcStages - 1;
-      if (ns >= kTcStages) ns -= kTcStages;
-      if (nk < ksteps) load(ns, nk);  // into the buffer of step kt - 1
-      cp_async_commit();
-    }
+    load_next(kt, st);
     const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
     const uint64_t da = wgmma_desc(sst + a_off);
     const uint64_t db = wgmma_desc(sst + kTcTileM * kTcKBytes);
@@ -379,13 +382,7 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
   for (int kt = 0; kt < ksteps; ++kt) {
     cp_async_wait<kTcStages - 2>();  // this thread's copies of step kt have landed
     __syncthreads();                 // everyone's have; everyone is done with step kt - 1
-    {
-      const int nk = kt + kTcStages - 1;
-      int ns = st + kTcStages - 1;
-      if (ns >= kTcStages) ns -= kTcStages;
-      if (nk < ksteps) load(ns, nk);  // into the buffer of step kt - 1
-      cp_async_commit();
-    }
+    load_next(kt, st);
     const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
 #pragma unroll
     for (int kk = 0; kk < kTcKBytes / 32; ++kk) {

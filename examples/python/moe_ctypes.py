@@ -198,13 +198,18 @@ def forward_device(lib, layer, tokens, x_ptr, out_ptr):
 
 # ------------------------------------------------------------ the driver
 
-def run(lib, rt):
+def rank_and_experts(lib, rt):
+    """This rank, the number of ranks, and the slice of global expert ids it
+    owns."""
     me, size = ctypes.c_int32(), ctypes.c_int32()
     lib("moerun_rank", rt, ctypes.byref(me), ctypes.byref(size))
-    me, size = me.value, size.value
     first, count = ctypes.c_int32(), ctypes.c_int32()
     lib("moerun_owned_experts", rt, ctypes.byref(first), ctypes.byref(count))
-    own = slice(first.value, first.value + count.value)
+    return me.value, size.value, slice(first.value, first.value + count.value)
+
+
+def run(lib, rt):
+    me, size, own = rank_and_experts(lib, rt)
 
     weights = [make_layer(1, FFN_SWIGLU, True), make_layer(2, FFN_RELU, False)]
     layers = []

@@ -294,12 +294,7 @@ def ensure_env(a):
 def run(a, torch, dist, lib, rt, dev, gpu):
     tie, tol = TOLERANCE[a.dtype]
     dtype = DTYPES[a.dtype]
-    me, size = ctypes.c_int32(), ctypes.c_int32()
-    lib("moerun_rank", rt, ctypes.byref(me), ctypes.byref(size))
-    me, size = me.value, size.value
-    first, count = ctypes.c_int32(), ctypes.c_int32()
-    lib("moerun_owned_experts", rt, ctypes.byref(first), ctypes.byref(count))
-    own = slice(first.value, first.value + count.value)
+    me, size, own = abi.rank_and_experts(lib, rt)
 
     # torch.distributed: gloo (host) for the barrier and the verdict of all
     # ranks; with --nccl, an NCCL group as well. Ranks and world size are the
