@@ -142,27 +142,41 @@ func compareAgreement(r int, a, ref agreement) error {
 	if a.Version != ref.Version {
 		return fmt.Errorf("rank %d runs version %s, rank 0 runs %s: every rank must run the same moerun build", r, a.Version, ref.Version)
 	}
-	var mine, theirs []string
-	field := func(name string, x, y any) {
-		if x != y {
-			mine = append(mine, fmt.Sprintf("%s=%v", name, x))
-			theirs = append(theirs, fmt.Sprintf("%s=%v", name, y))
-		}
-	}
+	var m Mismatch
 	s, t := a.Static, ref.Static
-	field("hidden", s.Hidden, t.Hidden)
-	field("ffn-hidden", s.FFNHidden, t.FFNHidden)
-	field("experts", s.Experts, t.Experts)
-	field("topk", s.TopK, t.TopK)
-	field("max-tokens", s.MaxTokens, t.MaxTokens)
-	field("ffn", s.FFN, t.FFN)
-	field("dtype", s.DType, t.DType)
-	field("seed", s.Seed, t.Seed)
-	if len(mine) == 0 {
+	m.Field("hidden", s.Hidden, t.Hidden)
+	m.Field("ffn-hidden", s.FFNHidden, t.FFNHidden)
+	m.Field("experts", s.Experts, t.Experts)
+	m.Field("topk", s.TopK, t.TopK)
+	m.Field("max-tokens", s.MaxTokens, t.MaxTokens)
+	m.Field("ffn", s.FFN, t.FFN)
+	m.Field("dtype", s.DType, t.DType)
+	m.Field("seed", s.Seed, t.Seed)
+	return m.Err(r, "configuration")
+}
+
+// Mismatch collects how one rank's settings differ from rank 0's, each side
+// as "name=value" words, for one error that names them all.
+type Mismatch struct {
+	Mine, Rank0 []string // this rank's words, rank 0's words
+}
+
+// Field notes name when this rank's value mine differs from rank 0's.
+func (m *Mismatch) Field(name string, mine, rank0 any) {
+	if mine != rank0 {
+		m.Mine = append(m.Mine, fmt.Sprintf("%s=%v", name, mine))
+		m.Rank0 = append(m.Rank0, fmt.Sprintf("%s=%v", name, rank0))
+	}
+}
+
+// Err is nil without differences, else "rank r runs ..., rank 0 runs ...:
+// every rank must be given the same <what>".
+func (m *Mismatch) Err(r int, what string) error {
+	if len(m.Mine) == 0 {
 		return nil
 	}
-	return fmt.Errorf("rank %d runs %s, rank 0 runs %s: every rank must be given the same configuration",
-		r, strings.Join(mine, " "), strings.Join(theirs, " "))
+	return fmt.Errorf("rank %d runs %s, rank 0 runs %s: every rank must be given the same %s",
+		r, strings.Join(m.Mine, " "), strings.Join(m.Rank0, " "), what)
 }
 
 // CheckUniqueGPU all-gathers every rank's host and GPU UUID and returns an

@@ -266,31 +266,24 @@ func CheckSameRun(c transport.Comm, o bench.Options, backend string) error {
 		return err
 	}
 	for r := 1; r < len(got); r++ {
-		var theirs, ref []string
-		field := func(name string, a, b any) {
-			if a != b {
-				theirs = append(theirs, fmt.Sprintf("%s=%v", name, a))
-				ref = append(ref, fmt.Sprintf("%s=%v", name, b))
-			}
-		}
+		var m bootstrap.Mismatch
 		a, z := got[r], got[0]
-		field("backend", a.Backend, z.Backend)
-		field("iters", a.Iters, z.Iters)
-		field("warmup", a.Warmup, z.Warmup)
-		field("verify", a.Verify, z.Verify)
-		field("dump", a.Dump, z.Dump)
-		field("route", a.Route, z.Route)
-		field("no-renorm", a.NoRenorm, z.NoRenorm)
-		field("capacity-factor", a.CapacityList, z.CapacityList)
+		m.Field("backend", a.Backend, z.Backend)
+		m.Field("iters", a.Iters, z.Iters)
+		m.Field("warmup", a.Warmup, z.Warmup)
+		m.Field("verify", a.Verify, z.Verify)
+		m.Field("dump", a.Dump, z.Dump)
+		m.Field("route", a.Route, z.Route)
+		m.Field("no-renorm", a.NoRenorm, z.NoRenorm)
+		m.Field("capacity-factor", a.CapacityList, z.CapacityList)
 		for i, name := range listNames {
 			if a.Lists[i] != z.Lists[i] {
-				theirs = append(theirs, fmt.Sprintf("%d --%s values", a.Lists[i], name))
-				ref = append(ref, fmt.Sprintf("%d", z.Lists[i]))
+				m.Mine = append(m.Mine, fmt.Sprintf("%d --%s values", a.Lists[i], name))
+				m.Rank0 = append(m.Rank0, fmt.Sprintf("%d", z.Lists[i]))
 			}
 		}
-		if len(theirs) > 0 {
-			return fmt.Errorf("rank %d runs %s, rank 0 runs %s: every rank must be given the same flags (only the --tokens values may differ)",
-				r, strings.Join(theirs, " "), strings.Join(ref, " "))
+		if err := m.Err(r, "flags (only the --tokens values may differ)"); err != nil {
+			return err
 		}
 	}
 	return nil
