@@ -202,6 +202,27 @@ func relErr(got []float32, want []float64) float64 {
 	return math.Sqrt(num / den)
 }
 
+// openOneRank opens the backend on GPU 0 as a world of one rank, with a 2 s
+// watchdog and the test's log.
+func openOneRank(t *testing.T) *Backend {
+	t.Helper()
+	comm := transport.NewLocal(1, time.Minute).Rank(0)
+	b, err := Open(comm, 0, Options{Watchdog: 2 * time.Second, DebugWithholdPeer: -1,
+		Log: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// closeBackend closes b and reports its error.
+func closeBackend(t *testing.T, b *Backend) {
+	t.Helper()
+	if err := b.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+}
+
 // TestForwardOneRank runs the tensor-core tile alone against a host
 // reference (precise messages for a wrong tile), then forwards of small
 // configurations on one GPU (world 1) in every precision mode, compared with
@@ -211,17 +232,8 @@ func TestForwardOneRank(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	comm := transport.NewLocal(1, time.Minute).Rank(0)
-	b, err := Open(comm, 0, Options{Watchdog: 2 * time.Second, DebugWithholdPeer: -1,
-		Log: zerolog.New(zerolog.NewTestWriter(t))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := b.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	}()
+	b := openOneRank(t)
+	defer closeBackend(t, b)
 	k := b.Kernel()
 	t.Logf("kernel: %d registers, %d B local, %d B smem + %d B dynamic, %d blocks/SM x %d SMs = grid %d, flags %d",
 		k.Registers, k.LocalBytes, k.StaticSmem, k.DynamicSmem, k.BlocksPerSM, k.SMs, k.Grid, b.KernelFlags())
@@ -721,17 +733,8 @@ func TestLayers(t *testing.T) {
 	needHopper(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	comm := transport.NewLocal(1, time.Minute).Rank(0)
-	b, err := Open(comm, 0, Options{Watchdog: 2 * time.Second, DebugWithholdPeer: -1,
-		Log: zerolog.New(zerolog.NewTestWriter(t))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := b.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	}()
+	b := openOneRank(t)
+	defer closeBackend(t, b)
 	for _, dt := range []config.DType{config.FP32, config.BF16} {
 		t.Run(string(dt), func(t *testing.T) {
 			// The test itself calls the driver (device weights, a stream of
