@@ -106,10 +106,10 @@ func (b *Backend) PrepareLayer(id int, cfg config.Layer, w *backend.Weights) err
 		if err := CheckWeights(cfg, w, me, world); err != nil {
 			return fmt.Errorf("cpu backend: layer %d: %w", id, err)
 		}
+		w = backend.StoredWeights(cfg, w) // bf16 mode stores bf16 matrices
 		l.gate = append([]float32(nil), w.Gate...)
 		l.experts = make(map[int]*datagen.Expert, len(w.Experts))
 		for e, ex := range w.Experts {
-			ex = ex.StoredAs(cfg.DType) // bf16 mode stores bf16 matrices
 			l.experts[e] = &datagen.Expert{
 				W1: clone(ex.W1), B1: clone(ex.B1), W2: clone(ex.W2), B2: clone(ex.B2), Wu: clone(ex.Wu),
 			}
@@ -218,9 +218,7 @@ func (b *Backend) run(cfg config.Layer, maxTokens int, gate []float32, experts m
 	if len(x) != cfg.Tokens*cfg.Hidden {
 		return backend.Timing{}, fmt.Errorf("cpu backend: x has %d elements, want tokens %d × hidden %d", len(x), cfg.Tokens, cfg.Hidden)
 	}
-	if cfg.DType == config.BF16 {
-		x = datagen.RoundedBF16(x) // bf16 mode stores its tokens as bf16
-	}
+	x = reference.StoredTokens(cfg, x) // bf16 mode stores its tokens as bf16
 	start := time.Now()
 	res, out64, put, err := b.forward(cfg, gate, experts, x)
 	if err != nil {

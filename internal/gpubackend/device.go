@@ -194,9 +194,9 @@ func checkDeviceForward(id int, cfg config.Layer, world int, x, out DevicePtr) e
 // The timing has no elapsed time (nothing is measured without waiting) and
 // SMUtil -1. Graph replay and the per-block trace are not used here.
 //
-// Errors: the checks of the arguments and of the mode, made before any
-// device work, return refusals (backend.IsRefusal; the bf16 mode's wraps
-// backend.ErrNotSupported) and leave the backend usable. Errors from the
+// Errors: the checks of the arguments, made before any device work, return
+// refusals (backend.IsRefusal) and leave the backend usable, and so does a
+// bf16 forward with a cubin that lacks the token conversion. Errors from the
 // device, before or after the launch, do not.
 func (b *Backend) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr, stream Stream) (backend.Timing, error) {
 	runtime.LockOSThread()
