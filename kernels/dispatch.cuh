@@ -1,19 +1,32 @@
-// dispatch.cuh: kept token rows straight into the owners' heaps.
+// dispatch.cuh: kept token rows straight into the owners' heaps, overlapped
+// with the experts' work.
 //
 // Every block builds, in shared memory, the exclusive prefix of the kept
 // counts over all E experts. The kept pairs, ordered by expert and then by
-// token, form one list of P rows; warp w copies rows w, w + nwarps, ... Row g
-// of expert e (owner d = e / El) lands in d's receive region for this source
-// at row g - prefix[d*El]: grouped by d's local expert, token order inside an
-// expert, exact offsets, no padding. The row travels as 16-byte stores
-// through the NVLink mapping (nvshmem_ptr), in the storage dtype (H fp32, or
-// H bf16 in bf16 mode: half the bytes); in tf32 mode each value is rounded to
-// tf32 (cvt.rna) on the way, so GEMM0's A operand is exact tf32. Lane 0 also
-// stores the row's return slot t*k+j. Block 0 stores the per-(source, local
-// expert) counts.
-// LOCAL_GATHER (bf16): rows for this rank's own experts are not copied (only
-// their return slots are stored); GEMM0 gathers them from x by token.
-// The dispatch signals follow the next grid barrier (moe_kernel.cu).
+// token, form one list of P rows. Row g of expert e (owner d = e / El) lands
+// in d's receive region for this source at row g - prefix[d*El]: grouped by
+// d's local expert, token order inside an expert, exact offsets, no padding.
+// A row travels as 16-byte stores through the NVLink mapping (nvshmem_ptr),
+// in the storage dtype (H fp32, or H bf16 in bf16 mode: half the bytes); in
+// tf32 mode each value is rounded to tf32 (cvt.rna) on the way, so GEMM0's A
+// operand is exact tf32. Lane 0 also stores the row's return slot t*k+j.
+//
+// Two roles, no grid barrier after them:
+//   remote  the first dispatch_blocks() blocks copy the rows for the other
+//           ranks, walking the list rotated to start at the rows of owner
+//           rank + 1: at any moment the W ranks write to W different owners
+//           (a permutation) instead of all to owner 0 first (incast). The
+//           last of them to finish sends every other owner its dispatch
+//           signal.
+//   local   the other blocks handle the rank's own rows (LOCAL_GATHER, bf16:
+//           only their return slots, GEMM0 gathers the rows from x; else a
+//           copy within the heap) and the last of them to finish signals the
+//           rank itself. Its experts' GEMMs then start while the remote
+//           blocks are still copying: the dispatch, bound by NVLink, hides
+//           behind the local source's GEMMs instead of running before them.
+// A block's stores are ordered before its arrival (fence, then an atomic on
+// a per-launch counter); the last arrival fences again before its signals,
+// so an owner that sees a signal sees the rows, counts and return slots.
 #pragma once
 
 #include "gemm_tc.cuh"
@@ -21,81 +34,148 @@
 
 namespace moe {
 
+// Blocks that copy rows to other ranks. 4x H200, paper shape, T = 8192: 32
+// blocks were the fastest of 32, 64 and 128 (bf16 1.02 ms, tf32 1.70 ms; the
+// whole grid copying, then a barrier: 1.16, 1.91 ms); docs/performance.md.
+// -DMOE_DISPATCH_BLOCKS=n builds another count for such an A/B.
+#ifndef MOE_DISPATCH_BLOCKS
+#define MOE_DISPATCH_BLOCKS 32
+#endif
+constexpr int kDispatchBlocks = MOE_DISPATCH_BLOCKS;
+
+__device__ __forceinline__ int dispatch_blocks(const MoeParams& p) {
+  return p.world == 1 ? 0 : min(kDispatchBlocks, static_cast<int>(gridDim.x) / 2);
+}
+
+// One row: 16-byte vectors of the warp, tf32 rounding in tf32 mode.
+__device__ __forceinline__ void copy_row(const uint4* src, uint4* dst, int vecs, bool tf32, int lane) {
+  if (tf32) {
+    for (int v = lane; v < vecs; v += 32) {
+      uint4 u = __ldg(src + v);
+      u.x = __float_as_uint(round_tf32(__uint_as_float(u.x)));
+      u.y = __float_as_uint(round_tf32(__uint_as_float(u.y)));
+      u.z = __float_as_uint(round_tf32(__uint_as_float(u.z)));
+      u.w = __float_as_uint(round_tf32(__uint_as_float(u.w)));
+      dst[v] = u;
+    }
+  } else {
+    for (int v = lane; v < vecs; v += 32) dst[v] = __ldg(src + v);
+  }
+}
+
+// The block's arrival on a role's counter; the last of n arrivals returns
+// true (thread 0 only) after a fence, ready to signal.
+__device__ __forceinline__ bool arrive_last(unsigned* counter, int n) {
+  __threadfence_system();
+  const unsigned old = atomicAdd(counter, 1u);
+  if (old + 1 != static_cast<unsigned>(n)) return false;
+  __threadfence_system();
+  return true;
+}
+
+__device__ inline void send_dispatch_signal(const Ctx& c, int d) {
+  const MoeParams& p = c.p;
+  const bool withhold = p.debug_withhold_peer == p.rank && d == (p.rank + 1) % p.world;
+  if (!withhold) send_signal(c, p.off_sig_dispatch, d);
+}
+
 __device__ inline void dispatch(Ctx& c) {
   const MoeParams& p = c.p;
-  const int E = p.experts, El = p.experts_per_rank, H = p.hidden, k = p.topk;
+  const int E = p.experts, El = p.experts_per_rank, H = p.hidden, k = p.topk, W = p.world;
   const int* count = reinterpret_cast<const int*>(p.route_count);
   const int* list = reinterpret_cast<const int*>(p.route_list);
   const char* x = reinterpret_cast<const char*>(p.x);
   int* pre = reinterpret_cast<int*>(c.phase);  // [E + 1]
+  __shared__ int items;                        // rows this block handled (the trace)
+  if (threadIdx.x == 0) items = 0;
   for (int e = threadIdx.x; e < E; e += kThreads) pre[e] = ld_cg(count + e);
   __syncthreads();
   const int total = block_exclusive_scan(pre, E, c.sh);
 
-  if (blockIdx.x == 0) {
+  const int nd = dispatch_blocks(p);
+  const bool remote = static_cast<int>(blockIdx.x) < nd;
+  const int rb = remote ? blockIdx.x : blockIdx.x - nd;  // block index within the role
+  const int nb = remote ? nd : gridDim.x - nd;            // blocks of the role
+  // Each role's first block stores the per-(source, local expert) counts of
+  // the owners it serves.
+  if (rb == 0) {
     for (int e = threadIdx.x; e < E; e += kThreads) {
       const int d = e / El, le = e - d * El;
+      if ((d != p.rank) != remote) continue;
       int* dst = reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_counts)) + p.rank * El + le;
       *dst = pre[e + 1] - pre[e];
     }
   }
 
   const int lane = threadIdx.x & 31;
-  const int gwarp = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  const int nwarps = gridDim.x * kWarps;
+  const int rwarp = rb * kWarps + (threadIdx.x >> 5);
+  const int nwarps = nb * kWarps;
   const int64_t rps = p.rows_per_source;
   const int64_t rowbytes = static_cast<int64_t>(H) * elem_bytes(p);
   const int vecs = static_cast<int>(rowbytes / 16);
   const bool tf32 = p.dtype == MOE_DTYPE_TF32;
   const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
   uint64_t bytes = 0;
-  // Rows for this rank's own experts are [l0, l1) of the list. With
-  // LOCAL_GATHER (bf16) GEMM0 reads them from x: only their return slots are
-  // stored here, one row per thread; the warps copy the others.
-  const bool gather = local_gather(p);
-  const int l0 = gather ? pre[p.rank * El] : 0, l1 = gather ? pre[(p.rank + 1) * El] : 0;
-  if (gather) {
+  const int l0 = pre[p.rank * El], l1 = pre[(p.rank + 1) * El];  // this rank's own rows
+  if (remote) {
+    // Rotated order: [rot, total) then [0, rot); the rank's own rows [l0, l1)
+    // end it (rot = l1 mod total), so the first nrem rotated rows are the
+    // other owners'.
+    const int rot = l1 == total ? 0 : l1;
+    const int nrem = total - (l1 - l0);
+    for (int q = rwarp; q < nrem; q += nwarps) {
+      const int g = rot + q < total ? rot + q : rot + q - total;
+      const int e = upper_index(pre, E, g);
+      const int d = e / El;
+      const int pair = ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + (g - pre[e]));
+      const int64_t drow = static_cast<int64_t>(p.rank) * rps + (g - pre[d * El]);
+      const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(pair / k) * rowbytes);
+      copy_row(src, reinterpret_cast<uint4*>(peer_heap(c, d, p.off_recv_rows) + drow * rowbytes), vecs, tf32, lane);
+      if (lane == 0) {
+        reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_meta))[drow] = pair;
+        bytes += static_cast<uint64_t>(rowbytes);
+        if (tracing(c)) atomicAdd(&items, 1);
+      }
+    }
+  } else if (local_gather(p)) {
+    // GEMM0 reads these rows from x: only their return slots, one per thread.
     int* meta = reinterpret_cast<int*>(my_heap(p, p.off_recv_meta)) + static_cast<int64_t>(p.rank) * rps;
-    for (int g = l0 + blockIdx.x * kThreads + threadIdx.x; g < l1; g += gridDim.x * kThreads) {
+    for (int g = l0 + rb * kThreads + threadIdx.x; g < l1; g += nb * kThreads) {
       const int e = upper_index(pre, E, g);
       meta[g - l0] = ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + (g - pre[e]));
+      if (tracing(c)) atomicAdd(&items, 1);
     }
-  }
-  const int ncopy = total - (l1 - l0);
-  for (int q = gwarp; q < ncopy; q += nwarps) {
-    const int g = q < l0 ? q : q + (l1 - l0);
-    const int e = upper_index(pre, E, g);
-    const int d = e / El;
-    const int pos = g - pre[e];
-    const int row = g - pre[d * El];
-    const int pair = ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + pos);
-    const int t = pair / k;
-    const int64_t drow = static_cast<int64_t>(p.rank) * rps + row;
-    const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(t) * rowbytes);
-    uint4* dst = reinterpret_cast<uint4*>(peer_heap(c, d, p.off_recv_rows) + drow * rowbytes);
-    if (tf32) {
-      for (int v = lane; v < vecs; v += 32) {
-        uint4 u = __ldg(src + v);
-        u.x = __float_as_uint(round_tf32(__uint_as_float(u.x)));
-        u.y = __float_as_uint(round_tf32(__uint_as_float(u.y)));
-        u.z = __float_as_uint(round_tf32(__uint_as_float(u.z)));
-        u.w = __float_as_uint(round_tf32(__uint_as_float(u.w)));
-        dst[v] = u;
+  } else {
+    for (int g = l0 + rwarp; g < l1; g += nwarps) {
+      const int e = upper_index(pre, E, g);
+      const int pair = ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + (g - pre[e]));
+      const int64_t drow = static_cast<int64_t>(p.rank) * rps + (g - l0);
+      const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(pair / k) * rowbytes);
+      copy_row(src, reinterpret_cast<uint4*>(my_heap(p, p.off_recv_rows) + drow * rowbytes), vecs, tf32, lane);
+      if (lane == 0) {
+        reinterpret_cast<int*>(my_heap(p, p.off_recv_meta))[drow] = pair;
+        if (tracing(c)) atomicAdd(&items, 1);
       }
-    } else {
-      for (int v = lane; v < vecs; v += 32) dst[v] = __ldg(src + v);
-    }
-    if (lane == 0) {
-      reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_meta))[drow] = pair;
-      if (d != p.rank) bytes += static_cast<uint64_t>(rowbytes);
     }
   }
   if (lane == 0) c.bytes += bytes;
-  if (threadIdx.x == 0 && (blockIdx.x * kWarps < ncopy || blockIdx.x * kThreads < l1 - l0)) {
+  __syncthreads();  // the block's stores, before its arrival; and pre is free again
+  if (threadIdx.x == 0) {
+    MoeSched* s = sched_of(p);
+    if (remote) {
+      if (arrive_last(&s->disp_done[1], nb)) {
+        for (int d = 0; d < W; ++d) {
+          if (d != p.rank) send_dispatch_signal(c, d);
+        }
+      }
+    } else if (arrive_last(&s->disp_done[0], nb)) {
+      send_dispatch_signal(c, p.rank);
+    }
     const uint64_t t1 = globaltimer();
     c.busy += t1 - t0;
-    trace_ev(c, MOE_EV_DISPATCH, t0, t1, -1, block_warp_items(ncopy), 0);
+    if (items > 0) trace_ev(c, MOE_EV_DISPATCH, t0, t1, remote ? 1 : 0, items, 0);
   }
+  __syncthreads();
 }
 
 }  // namespace moe

@@ -71,7 +71,12 @@ __device__ inline bool os_subscribe(Ctx& c) {
       int found = -1;
       unsigned ns = 32;
       while (found < 0) {
-        for (int src = 0; src < W; ++src) {
+        // Polled from this rank on (rank, rank + 1, ...): when several
+        // sources have arrived, the owners take them in rotated order, so
+        // their GEMM1 results go back to different sources at once rather
+        // than all to source 0 (the return path's incast).
+        for (int i = 0; i < W; ++i) {
+          const int src = p.rank + i < W ? p.rank + i : p.rank + i - W;
           if ((arrived >> src) & 1ull) continue;
           if (ld_acquire_sys_u64(sig + src) >= c.seq) {
             found = src;

@@ -7,9 +7,11 @@
 //   1  gate GEMM tiles (logits partials; bf16: on tensor cores)  | barrier
 //   2  softmax + top-k, one warp per token                       | barrier
 //   3  route: per-expert pair lists in token order, capacity     | barrier
-//   4  dispatch: kept rows into the owners' heaps (bf16: not the | barrier
-//      rank's own rows, which GEMM0 reads from x)
-//      then block 0 sends each owner its dispatch signal (seq)
+//   4  dispatch: kept rows into the owners' heaps (bf16: not the
+//      rank's own rows, which GEMM0 reads from x), no barrier after it:
+//      a few blocks copy the other owners' rows and the last of them sends
+//      their signals; the others handle the own rows, signal this rank and
+//      go on to the experts' work (dispatch.cuh)
 //   5  experts: the OS block subscribes to the W dispatch signals and
 //      publishes row tiles as sources arrive; processors run GEMM0 tasks of
 //      any arrived source and GEMM1 tasks of any completed row tile; each
@@ -74,6 +76,8 @@ __device__ inline void reset_launch_state(Ctx& c) {
       s->g1_head = 0;
       s->g1_tail = 0;
       s->arr_n = 0;
+      s->disp_done[0] = 0;
+      s->disp_done[1] = 0;
       s->arr_task0[0] = 0;
       s->arr_tile0[0] = 0;
       MoeStatus* st = status_of(p);
@@ -111,13 +115,7 @@ __device__ inline bool run(Ctx& c, uint64_t t_entry) {
   if (!grid_sync(c, 2)) return false;
   route(c);
   if (!grid_sync(c, 3)) return false;
-  dispatch(c);
-  if (!grid_sync(c, 4)) return false;
-  if (blockIdx.x == 0 && threadIdx.x < p.world) {
-    const int d = threadIdx.x;
-    const bool withhold = p.debug_withhold_peer == p.rank && d == (p.rank + 1) % p.world;
-    if (!withhold) send_signal(c, p.off_sig_dispatch, d);
-  }
+  dispatch(c);  // sends the dispatch signals itself: no barrier after it
   if (blockIdx.x == gridDim.x - 1) {
     if (!os_subscribe(c)) return false;
   }

@@ -191,6 +191,7 @@ type Sched struct {
 	ArrTile0  [MaxWorld + 1]int32 `c:"arr_tile0"`
 	RetDone   [MaxWorld]int32     `c:"ret_done"`
 	RetTarget [MaxWorld]int32     `c:"ret_target"`
+	DispDone  [2]uint32           `c:"disp_done"`
 }
 
 // TileTest mirrors MoeTileTest, the argument of the debug entry

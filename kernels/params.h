@@ -227,6 +227,7 @@ typedef struct MoeSched {
     int32_t arr_tile0[MOE_MAX_WORLD + 1];  /* first row tile of the n-th arrival */
     int32_t ret_done[MOE_MAX_WORLD];       /* GEMM1 tasks done per source */
     int32_t ret_target[MOE_MAX_WORLD];     /* GEMM1 tasks per source */
+    uint32_t disp_done[2];                 /* dispatch blocks done: [0] own rows' role, [1] other owners' */
 } MoeSched;
 
 /* Argument of the debug entry moerun_tile_test: ONE block runs one

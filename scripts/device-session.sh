@@ -28,7 +28,9 @@
 # Needs: bin/moerun (make build), build/driver and build/moerun.cubin for
 # driver, build/libmoerun.so for python. Settings: STEPS, W (default: every
 # GPU), ITERS, GPUS, DTYPES (bf16,tf32), LOGDIR ($OUT or /tmp/moerun-session),
-# BUNDLE (a .tgz path: every step's JSON and tables packed into it at the end).
+# BUNDLE (a .tgz path: every step's JSON and tables packed into it at the end),
+# EXTRA (more `moerun bench` flags for the bench, weak, trace and ab steps,
+# e.g. --queue).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -40,6 +42,7 @@ ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 W=${W:-$ngpu}
 DTYPES=${DTYPES:-bf16,tf32}
+EXTRA=${EXTRA:-}
 MPIRUN=(mpirun -np "$W" --allow-run-as-root --oversubscribe --bind-to none --mca plm isolated)
 mkdir -p "$LOGDIR"
 echo "device-session: $("$BIN" version 2>/dev/null) on ${ngpu}x ${card:-no GPU}; steps: $STEPS; W=$W; logs in $LOGDIR"
@@ -82,19 +85,20 @@ for s in $STEPS; do
   python) step python 400 scripts/python-gpu-check.sh ;;
   bench)
     step bench 300 "$BIN" launch -n "$W" -- bench --backend gpu "${paper[@]}" --tokens 8192 --dtype "$DTYPES" \
-      --iters 30 --warmup 5 --verify --json "$LOGDIR/bench/bench.json" ;;
+      --iters 30 --warmup 5 --verify --json "$LOGDIR/bench/bench.json" $EXTRA ;;
   compare) step compare 600 env W="$W" DTYPES="${DTYPES//,/ }" TOKENS="${TOKENS:-128,8192,16384}" scripts/compare.sh ;;
   weak)
     for w in $(seq 1 "$W"); do
       [ "$w" -eq 1 ] || [ "$w" -eq 2 ] || [ "$w" -eq 4 ] || [ "$w" -eq 8 ] || continue
       step "weak$w" 300 "$BIN" launch -n "$w" -- bench --backend gpu "${paper[@]}" --tokens 8192 --dtype "$DTYPES" \
-        --iters 30 --warmup 5 --verify --json "$LOGDIR/weak/w$w.json"
+        --iters 30 --warmup 5 --verify --json "$LOGDIR/weak/w$w.json" $EXTRA
     done ;;
   trace)
     for w in 1 "$W"; do
       step "trace_w$w" 300 "$BIN" launch -n "$w" -- bench --backend gpu "${paper[@]}" --tokens "${TOKENS:-128,8192}" \
-        --dtype "${TRACE_DTYPE:-bf16}" --iters 20 --warmup 5 --trace "$LOGDIR/trace/w$w.json"
-      grep -o '"config":"[^"]*"\|"phases":"[^"]*"' "$LOGDIR/trace_w$w.log" | sed "s/^/  [w$w] /" | tee -a "$LOGDIR/trace.txt"
+        --dtype "${TRACE_DTYPE:-bf16}" --iters 20 --warmup 5 --trace "$LOGDIR/trace/w$w.json" $EXTRA
+      grep -o '"config":"[^"]*"\|"phases":"[^"]*"\|"rank":[0-9]*,"local_rank".*"launch_return_us":[-0-9.eNa]*' "$LOGDIR/trace_w$w.log" |
+        sed "s/^/  [w$w] /" | tee -a "$LOGDIR/trace.txt"
       [ "$w" = "$W" ] && break
     done ;;
   sweep)
@@ -111,7 +115,7 @@ for s in $STEPS; do
         args=()
         [ "$cb" = embedded ] || args=(--cubin "$PWD/$cb")
         step "ab_${name}_$rep" 300 "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${paper[@]}" \
-          --tokens "${TOKENS:-128,8192}" --dtype "$DTYPES" --iters 30 --warmup 5 --verify --json "$LOGDIR/ab/${name}_$rep.json"
+          --tokens "${TOKENS:-128,8192}" --dtype "$DTYPES" --iters 30 --warmup 5 --verify --json "$LOGDIR/ab/${name}_$rep.json" $EXTRA
         grep -E '^ +[0-9]+ +[0-9]+ ' "$LOGDIR/ab_${name}_$rep.log" | sed "s/^/  [$name $rep] /" | tee -a "$LOGDIR/ab.txt"
       done
     done ;;

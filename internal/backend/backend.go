@@ -59,6 +59,10 @@ type Timing struct {
 	SMUtil float64
 	// BytesPut counts payload bytes this rank sent to other ranks.
 	BytesPut int64
+	// Span is the kernel's own time, from its start to its last block's end
+	// (in-kernel clock); 0 when the backend does not measure it. Elapsed -
+	// Span is the time from the launch event to the kernel's start.
+	Span time.Duration
 }
 
 // Backend runs the distributed MoE layer on one rank. All ranks call its
@@ -147,4 +151,17 @@ type Stager interface {
 	Stage(cfg config.Layer, x []float32) error
 	// ForwardStaged runs the staged forward, as Backend.Forward does.
 	ForwardStaged(cfg config.Layer) (Timing, error)
+}
+
+// Queuer is implemented by backends that can queue forwards on the device
+// back to back, with no host work between them: the benchmark's timed
+// forwards then measure the layer, not the host's launch skew (a rank whose
+// kernel starts first waits inside it for the late ones; after the first
+// forward the ranks' kernels start as their previous ones end).
+type Queuer interface {
+	// ForwardQueued runs n forwards of the tokens staged for cfg (Stage),
+	// queued back to back, the output poisoned before each, and returns the
+	// device time of each one's kernel and the last one's Timing; Result then
+	// returns the last one's outputs. Collective: every rank queues n.
+	ForwardQueued(cfg config.Layer, n int) ([]time.Duration, Timing, error)
 }

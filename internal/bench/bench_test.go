@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -179,5 +181,86 @@ func TestConfigsAreTheCartesianProduct(t *testing.T) {
 	}
 	if _, err := ParseFlags([]string{"-h"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: %v", err)
+	}
+}
+
+// queuedCPU is the CPU backend with staging and queued forwards whose device
+// times are made up: the first forward of a queue 1 s (a late peer), forward
+// i of rank r (100 + 10 i + r) µs.
+type queuedCPU struct {
+	backend.Backend
+	rank   int
+	x      []float32
+	queues *atomic.Int32
+}
+
+func (q *queuedCPU) Stage(cfg config.Layer, x []float32) error {
+	q.x = x
+	return nil
+}
+
+func (q *queuedCPU) ForwardStaged(cfg config.Layer) (backend.Timing, error) {
+	return q.Forward(cfg, q.x)
+}
+
+func (q *queuedCPU) ForwardQueued(cfg config.Layer, n int) ([]time.Duration, backend.Timing, error) {
+	q.queues.Add(1)
+	times := make([]time.Duration, n)
+	var last backend.Timing
+	for i := range n {
+		t, err := q.Forward(cfg, q.x)
+		if err != nil {
+			return nil, t, err
+		}
+		last = t
+		times[i] = time.Duration(100+10*i+q.rank) * time.Microsecond
+	}
+	times[0] = time.Second
+	return times, last, nil
+}
+
+func TestBenchTimesQueuedForwardsWithoutTheFirst(t *testing.T) {
+	for _, queue := range []bool{true, false} {
+		var queues atomic.Int32
+		dir := t.TempDir()
+		js := filepath.Join(dir, "out.json")
+		args := []string{"--backend", "cpu", "--tokens", "8", "--hidden", "16", "--ffn-hidden", "16",
+			"--experts", "4", "--iters", "4", "--warmup", "0", "--verify", "--json", js}
+		if queue {
+			args = append(args, "--queue")
+		}
+		codes, table := runWorld(t, 2, args, func(b backend.Backend, comm transport.Comm) backend.Backend {
+			return &queuedCPU{Backend: b, rank: comm.Rank(), queues: &queues}
+		})
+		for r, c := range codes {
+			if c != 0 {
+				t.Fatalf("queue %v: rank %d exited %d:\n%s", queue, r, c, table)
+			}
+		}
+		doc, err := os.ReadFile(js)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep Report
+		if err := json.Unmarshal(doc, &rep); err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Results) != 1 || rep.Results[0].Verified == nil || !*rep.Results[0].Verified {
+			t.Fatalf("queue %v: want one verified result: %s", queue, doc)
+		}
+		p50, p99 := rep.Results[0].LatencyP50, rep.Results[0].LatencyP99
+		if !queue {
+			// Timed one by one (the default): the CPU forward's own (host)
+			// time, no queue.
+			if queues.Load() != 0 || p99 >= 1e6 {
+				t.Errorf("without --queue: %d queues, p99 %v µs; want none and not the made-up 1 s", queues.Load(), p99)
+			}
+			continue
+		}
+		// Forwards 1..4 of the queue, the slower rank's (rank 1): 111, 121,
+		// 131, 141 µs; p50 is the 2nd of 4, p99 the 4th.
+		if queues.Load() != 2 || p50 != 121 || p99 != 141 {
+			t.Errorf("queued: %d queues (want one per rank), p50 %v p99 %v µs (want 121, 141)", queues.Load(), p50, p99)
+		}
 	}
 }

@@ -32,15 +32,20 @@ type Options struct {
 	Route          config.Route
 	Seed           uint64
 	Iters, Warmup  int
-	Verify         bool
-	JSON           string
-	Dump           string
-	Trace          string
-	Graph          bool // replay each forward as a captured CUDA graph (GPU backend)
-	Cubin          string
-	Watchdog       time.Duration
-	Timeout        time.Duration // bound on host-side collective waits
-	LogLevel       string
+	// Queue times the forwards queued back to back on the device after one
+	// barrier (a backend that can queue them), instead of each alone after a
+	// host barrier (DESIGN.md section 4): the figure then leaves out the
+	// ranks' launch skew.
+	Queue    bool
+	Verify   bool
+	JSON     string
+	Dump     string
+	Trace    string
+	Graph    bool // replay each forward as a captured CUDA graph (GPU backend)
+	Cubin    string
+	Watchdog time.Duration
+	Timeout  time.Duration // bound on host-side collective waits
+	LogLevel string
 	// DebugWithholdSignal makes the rank with this index withhold one
 	// signal in the kernel, to test the watchdog (-1: off).
 	DebugWithholdSignal int
@@ -221,6 +226,8 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.Var(seedFlag{&o.Seed}, "seed", "seed of the generated weights and tokens")
 	fs.IntVar(&o.Iters, "iters", o.Iters, "timed forwards per config")
 	fs.IntVar(&o.Warmup, "warmup", o.Warmup, "untimed forwards per config before timing")
+	fs.BoolVar(&o.Queue, "queue", false,
+		"time the forwards queued back to back on the GPU after one barrier (the first one not counted) instead of each after its own host barrier: leaves out the ranks' launch skew")
 	fs.BoolVar(&o.Verify, "verify", false, "check every rank's output against the float64 reference; exit 1 on failure")
 	fs.StringVar(&o.JSON, "json", "", "write results as JSON to this file (rank 0)")
 	fs.StringVar(&o.Dump, "dump", "", "write each rank's inputs, weights, routing and output as .npy files under this folder")

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -243,42 +244,9 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 		}
 	}
 
-	// Timed forwards: each starts after a host barrier; its latency is the
-	// slowest rank's device-measured time.
-	lat := make([]float64, o.Iters)
-	var last backend.Timing
-	// A backend with host work before its launch stages it before the
-	// barrier (generated weights only: a checkpoint layer runs by id).
-	stager, staged := b.(backend.Stager)
-	staged = staged && refs.ck == nil
-	for it := range o.Iters {
-		if staged {
-			if err := stager.Stage(cfg, x); err != nil {
-				return row, fmt.Errorf("stage forward %d: %w", it, err)
-			}
-		}
-		if err := c.Barrier(); err != nil {
-			return row, fmt.Errorf("barrier before forward %d: %w", it, err)
-		}
-		var t backend.Timing
-		var err error
-		if staged {
-			t, err = stager.ForwardStaged(cfg)
-		} else {
-			t, err = forward()
-		}
-		if err != nil {
-			return row, fmt.Errorf("forward %d: %w", it, err)
-		}
-		lat[it] = float64(t.Elapsed) / float64(time.Microsecond)
-		last = t
-	}
-	if err := c.AllReduceF64(transport.Max, lat); err != nil {
-		return row, fmt.Errorf("reduce latencies: %w", err)
-	}
-	row.LatencyP50, row.LatencyP99 = percentile(lat, 0.50), percentile(lat, 0.99)
-
-	// Back-to-back: no barrier between forwards.
+	// Back-to-back: no barrier between forwards. Run before the timed
+	// forwards so that the last forward (traced, verified) is a timed one,
+	// whose ranks started together.
 	if err := c.Barrier(); err != nil {
 		return row, fmt.Errorf("barrier before back-to-back run: %w", err)
 	}
@@ -289,6 +257,80 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 		}
 	}
 	b2b := []float64{float64(time.Since(start)) / float64(time.Microsecond) / float64(o.Iters)}
+
+	// Timed forwards. The latency of one is the slowest rank's
+	// device-measured time. A backend with host work before its launch
+	// stages it before the barrier (generated weights only: a checkpoint
+	// layer runs by id).
+	lat := make([]float64, o.Iters)
+	var last backend.Timing
+	var barrierExit time.Time // of the last timed forward (--trace compares ranks)
+	var spans, gaps []float64 // per forward on this rank, µs (logged at debug level)
+	stager, staged := b.(backend.Stager)
+	staged = staged && refs.ck == nil
+	queuer, queued := b.(backend.Queuer)
+	queued = queued && staged && o.Queue
+	if queued {
+		// Queued back to back on the device after one barrier: the first
+		// kernel absorbs the ranks' launch skew and is not counted; each later
+		// one starts as the previous one ends.
+		if err := stager.Stage(cfg, x); err != nil {
+			return row, fmt.Errorf("stage the timed forwards: %w", err)
+		}
+		if err := c.Barrier(); err != nil {
+			return row, fmt.Errorf("barrier before the timed forwards: %w", err)
+		}
+		barrierExit = time.Now()
+		times, t, err := queuer.ForwardQueued(cfg, o.Iters+1)
+		if err != nil {
+			return row, fmt.Errorf("timed forwards: %w", err)
+		}
+		for it := range o.Iters {
+			lat[it] = float64(times[it+1]) / float64(time.Microsecond)
+		}
+		last = t
+	} else {
+		// Each forward starts after a host barrier.
+		for it := range o.Iters {
+			if staged {
+				if err := stager.Stage(cfg, x); err != nil {
+					return row, fmt.Errorf("stage forward %d: %w", it, err)
+				}
+			}
+			if err := c.Barrier(); err != nil {
+				return row, fmt.Errorf("barrier before forward %d: %w", it, err)
+			}
+			barrierExit = time.Now()
+			var t backend.Timing
+			var err error
+			if staged {
+				t, err = stager.ForwardStaged(cfg)
+			} else {
+				t, err = forward()
+			}
+			if err != nil {
+				return row, fmt.Errorf("forward %d: %w", it, err)
+			}
+			lat[it] = float64(t.Elapsed) / float64(time.Microsecond)
+			if t.Span > 0 {
+				spans = append(spans, float64(t.Span)/float64(time.Microsecond))
+				gaps = append(gaps, float64(t.Elapsed-t.Span)/float64(time.Microsecond))
+			}
+			last = t
+		}
+		if len(spans) > 0 {
+			// Where a forward's time went on this rank: the kernel itself (a
+			// rank that started early waits in it for the late ones) or
+			// before its start (launch to start on the GPU).
+			log.Debug().Float64("span_us_p50", percentile(spans, 0.5)).Float64("span_us_max", percentile(spans, 1)).
+				Float64("start_gap_us_p50", percentile(gaps, 0.5)).Float64("start_gap_us_max", percentile(gaps, 1)).
+				Msg("timed forwards on this rank: kernel span and launch-to-start gap")
+		}
+	}
+	if err := c.AllReduceF64(transport.Max, lat); err != nil {
+		return row, fmt.Errorf("reduce latencies: %w", err)
+	}
+	row.LatencyP50, row.LatencyP99 = percentile(lat, 0.50), percentile(lat, 0.99)
 
 	// Figures summed or maxed over ranks: [tokens, flops, bytes put, sm util].
 	sums := []float64{float64(cfg.Tokens), flops(cfg)}
@@ -321,6 +363,14 @@ func runOne(env Env, b backend.Backend, refs *refWeights, cfg config.Layer, o Op
 			return row, fmt.Errorf("trace: %w", err)
 		}
 		log.Info().Str("phases", tr.PhaseSummary()).Msg("trace of the last forward")
+		if w > 1 {
+			sk, err := startSkews(c, tr, barrierExit)
+			if err != nil {
+				return row, fmt.Errorf("trace: %w", err)
+			}
+			log.Info().Float64("barrier_exit_us", sk[0]).Float64("launch_return_us", sk[1]).
+				Msg("the last timed forward on this rank against rank 0 (host clock): barrier exit, return from the last launch call")
+		}
 	}
 	if o.Dump != "" {
 		if err := dumpRank(o.Dump, index, multi, cfg, me, w, x, res); err != nil {
@@ -550,4 +600,42 @@ func writeTrace(path string, index int, multi bool, rank int, tr backend.Tracer)
 		return err
 	}
 	return f.Close()
+}
+
+// launchClock is implemented by backends that note when their last launch
+// call returned (gpubackend.Backend.LaunchedAt).
+type launchClock interface {
+	LaunchedAt() time.Time
+}
+
+// startSkews says how much later (µs; negative: earlier) than rank 0 this
+// rank left the host barrier before the last timed forward, and returned
+// from its last launch call (collective; host clocks, which the ranks of
+// one host share: the GPUs' own clocks were measured to differ by hundreds
+// of µs, so the kernels' starts are not compared). NaN where a clock is
+// missing; every rank takes part in the broadcast either way.
+func startSkews(c transport.Comm, tr backend.Tracer, barrierExit time.Time) ([2]float64, error) {
+	var clocks [2]uint64 // 0: missing
+	if !barrierExit.IsZero() {
+		clocks[0] = uint64(barrierExit.UnixNano())
+	}
+	if lc, ok := tr.(launchClock); ok && !lc.LaunchedAt().IsZero() {
+		clocks[1] = uint64(lc.LaunchedAt().UnixNano())
+	}
+	buf := make([]byte, 8*len(clocks)) // rank 0's clocks
+	for i, v := range clocks {
+		binary.LittleEndian.PutUint64(buf[8*i:], v)
+	}
+	var out [2]float64
+	if err := c.Bcast(0, buf); err != nil {
+		return out, fmt.Errorf("broadcast rank 0's clocks: %w", err)
+	}
+	for i, v := range clocks {
+		r0 := binary.LittleEndian.Uint64(buf[8*i:])
+		out[i] = math.NaN()
+		if v != 0 && r0 != 0 {
+			out[i] = float64(int64(v-r0)) / 1e3
+		}
+	}
+	return out, nil
 }

@@ -449,7 +449,7 @@ func TestForwardOneRank(t *testing.T) {
 			}
 			checkTrace(t, c, b.Kernel().Grid, evs, b.TraceDropped())
 			pt := b.PhaseTimes()
-			order := []string{"gate", "barrier1", "topk", "barrier2", "route", "barrier3", "dispatch", "barrier4", "gemm1", "combine", "total"}
+			order := []string{"gate", "barrier1", "topk", "barrier2", "route", "barrier3", "dispatch", "gemm1", "combine", "total"}
 			for i, n := range order {
 				if _, ok := pt[n]; !ok {
 					t.Errorf("%s: PhaseTimes has no %q: %v", dt, n, pt)
@@ -637,7 +637,8 @@ func forwardCase(t *testing.T, b *Backend, c config.Layer) {
 }
 
 // checkTrace checks a world-1 forward's trace against what the kernel must
-// have done: one setup per block, every block at each of the four barriers,
+// have done: one setup per block, every block at each of the three barriers,
+// dispatch events covering every kept row once,
 // one route scan per expert, top-k and combine covering every token once,
 // GEMM tasks with sane ids and times.
 func checkTrace(t *testing.T, c config.Layer, grid int, evs []TraceEvent, dropped int) {
@@ -648,7 +649,7 @@ func checkTrace(t *testing.T, c config.Layer, grid int, evs []TraceEvent, droppe
 	setup := map[int]int{}
 	barriers := map[int]int{}
 	routes := map[int]bool{}
-	topk, comb, g0, g1 := 0, 0, 0, 0
+	topk, comb, disp, g0, g1 := 0, 0, 0, 0, 0
 	for _, e := range evs {
 		if e.End < e.Start || e.Block < 0 || e.Block >= grid {
 			t.Fatalf("bad event %+v", e)
@@ -667,6 +668,8 @@ func checkTrace(t *testing.T, c config.Layer, grid int, evs []TraceEvent, droppe
 			topk += e.A
 		case TraceCombine:
 			comb += e.A
+		case TraceDispatch:
+			disp += e.A
 		case TraceGEMM0, TraceGEMM1:
 			if e.Src != 0 || e.Expert < 0 || e.Expert >= c.Experts || e.A < 0 || e.B < 0 {
 				t.Errorf("GEMM event %+v", e)
@@ -681,13 +684,16 @@ func checkTrace(t *testing.T, c config.Layer, grid int, evs []TraceEvent, droppe
 	if len(setup) != grid {
 		t.Errorf("setup events from %d blocks, grid %d", len(setup), grid)
 	}
-	for i := 1; i <= 4; i++ {
+	for i := 1; i <= 3; i++ { // the dispatch has no barrier after it
 		if barriers[i] != grid {
 			t.Errorf("barrier %d: %d events, grid %d", i, barriers[i], grid)
 		}
 	}
 	if len(routes) != c.Experts {
 		t.Errorf("route events for %d experts of %d", len(routes), c.Experts)
+	}
+	if c.CapacityFactor == 0 && disp != c.Tokens*c.TopK { // one rank, dropless: every pair is a row of its own
+		t.Errorf("dispatch events cover %d rows, want T*k = %d", disp, c.Tokens*c.TopK)
 	}
 	if topk != c.Tokens || comb != c.Tokens {
 		t.Errorf("top-k covered %d tokens, combine %d, want %d", topk, comb, c.Tokens)

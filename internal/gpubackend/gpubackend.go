@@ -125,6 +125,8 @@ type Backend struct {
 	evStart    cuda.Event
 	evEnd      cuda.Event
 	haveEvents bool
+	evQueue    []cuda.Event // start and end of each of ForwardQueued's kernels
+	launchedAt time.Time    // host clock after the last launchStaged
 
 	// state of the prepared configuration: the buffers, sized by the
 	// config that allocated them (static), and the layers' weights
@@ -820,7 +822,7 @@ func (b *Backend) stage(id int, cfg config.Layer, x []float32) error {
 		return fmt.Errorf("upload tokens: %w", err)
 	}
 	if n := uint64(cfg.Tokens * cfg.Hidden); n > 0 {
-		if err := d.MemsetD32Async(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.Out)), 0x7fc00000, n, b.stream); err != nil {
+		if err := d.MemsetD32Async(cuda.DevicePtr(symheap.Addr(uint64(b.local), lay.Out)), poisonNaN, n, b.stream); err != nil {
 			return err
 		}
 	}
@@ -851,69 +853,114 @@ func (b *Backend) ForwardStaged(cfg config.Layer) (backend.Timing, error) {
 	if err := b.usable(); err != nil {
 		return tm, err
 	}
-	if !b.staged || b.stagedCfg != cfg {
-		return tm, fmt.Errorf("forward of %s: its tokens were not staged (Stage first)", cfg.String())
-	}
-	b.staged = false
-	d := b.drv
-	if err := d.CtxSetCurrent(b.ctx); err != nil {
-		return tm, err
-	}
-	l, err := b.layerFor(b.stagedID, cfg)
+	arg, exec, err := b.takeStaged(cfg)
 	if err != nil {
 		return tm, err
 	}
-	arg := b.paramsFor(cfg, l.wp)
-	var exec cuda.GraphExec
-	if b.opt.Graph {
-		var err error
-		// A failed capture ran nothing: the runtime stays usable.
-		if exec, err = b.graphFor(cfg.DType, arg.Bytes()); err != nil {
-			return tm, err
-		}
-	}
+	d := b.drv
 	if err := d.EventRecord(b.evStart, b.stream); err != nil {
 		return tm, err
 	}
-	if b.opt.Graph {
-		if err := d.GraphLaunch(exec, b.stream); err != nil {
-			b.broken = fmt.Errorf("kernel graph launch failed: %w", err)
-			return tm, b.broken
-		}
-	} else if err := b.launch(cfg.DType, arg.Bytes(), b.stream); err != nil {
-		b.broken = fmt.Errorf("kernel launch failed: %w", err)
-		return tm, b.broken
+	if err := b.launchStaged(cfg.DType, arg, exec); err != nil {
+		return tm, err
 	}
-	b.launches++
 	if err := d.EventRecord(b.evEnd, b.stream); err != nil {
 		return tm, err
 	}
-	// The kernel's own watchdog ends it; this bound only catches a kernel
-	// that cannot end (which a watchdog bug would be).
-	bound := 4*b.opt.Watchdog + 10*time.Second
-	if err := d.EventWait(b.evEnd, bound); err != nil {
-		b.broken = fmt.Errorf("rank %d: kernel (launch %d) did not finish within %v: %w; the GPU stays busy until this process exits", b.rank, b.launches, bound, err)
-		return tm, b.broken
-	}
-	st, err := b.status()
-	if err != nil {
-		b.broken = err
+	if err := b.waitKernels(b.evEnd, 1); err != nil {
 		return tm, err
-	}
-	if st.Code != kernels.StatusOK {
-		b.broken = b.statusError(st)
-		return tm, b.broken
 	}
 	if tm.Elapsed, err = d.EventElapsedTime(b.evStart, b.evEnd); err != nil {
 		return tm, err
+	}
+	if err := b.finishTiming(&tm); err != nil {
+		return tm, err
+	}
+	b.last, b.haveLast = cfg, true
+	return tm, nil
+}
+
+// takeStaged makes the backend's context current and returns the kernel
+// argument of the forward staged for cfg (and its graph exec with
+// Options.Graph); the tokens are no longer staged after it.
+func (b *Backend) takeStaged(cfg config.Layer) ([]byte, cuda.GraphExec, error) {
+	if !b.staged || b.stagedCfg != cfg {
+		return nil, 0, fmt.Errorf("forward of %s: its tokens were not staged (Stage first)", cfg.String())
+	}
+	b.staged = false
+	if err := b.drv.CtxSetCurrent(b.ctx); err != nil {
+		return nil, 0, err
+	}
+	l, err := b.layerFor(b.stagedID, cfg)
+	if err != nil {
+		return nil, 0, err
+	}
+	p := b.paramsFor(cfg, l.wp)
+	arg := p.Bytes()
+	var exec cuda.GraphExec
+	if b.opt.Graph {
+		// A failed capture ran nothing: the runtime stays usable.
+		if exec, err = b.graphFor(cfg.DType, arg); err != nil {
+			return nil, 0, err
+		}
+	}
+	return arg, exec, nil
+}
+
+// launchStaged queues one forward on the kernel's stream: the captured graph
+// exec with Options.Graph, else a cooperative launch with argument arg.
+func (b *Backend) launchStaged(mode config.DType, arg []byte, exec cuda.GraphExec) error {
+	if b.opt.Graph {
+		if err := b.drv.GraphLaunch(exec, b.stream); err != nil {
+			b.broken = fmt.Errorf("kernel graph launch failed: %w", err)
+			return b.broken
+		}
+	} else if err := b.launch(mode, arg, b.stream); err != nil {
+		b.broken = fmt.Errorf("kernel launch failed: %w", err)
+		return b.broken
+	}
+	b.launches++
+	b.launchedAt = time.Now()
+	return nil
+}
+
+// LaunchedAt is the host clock when the last launch call of a staged or
+// queued forward returned (the benchmark compares it across ranks).
+func (b *Backend) LaunchedAt() time.Time { return b.launchedAt }
+
+// waitKernels waits for ev, recorded after the last of n queued kernels.
+// The kernel's own watchdog ends each one; this bound only catches a kernel
+// that cannot end (which a watchdog bug would be).
+func (b *Backend) waitKernels(ev cuda.Event, n int) error {
+	bound := time.Duration(n)*4*b.opt.Watchdog + 10*time.Second
+	if err := b.drv.EventWait(ev, bound); err != nil {
+		b.broken = fmt.Errorf("rank %d: kernel (launch %d) did not finish within %v: %w; the GPU stays busy until this process exits", b.rank, b.launches, bound, err)
+		return b.broken
+	}
+	return nil
+}
+
+// finishTiming reads the status block after the last launch: an abort in
+// any launch since the runtime opened is kept there (the first writer wins)
+// and makes the runtime unusable. On success it fills tm's bytes put and SM
+// utilisation (of the last launch).
+func (b *Backend) finishTiming(tm *backend.Timing) error {
+	st, err := b.status()
+	if err != nil {
+		b.broken = err
+		return err
+	}
+	if st.Code != kernels.StatusOK {
+		b.broken = b.statusError(st)
+		return b.broken
 	}
 	tm.BytesPut = int64(st.BytesPut)
 	tm.SMUtil = -1
 	if st.TEnd > st.TStart && b.info.Grid > 0 {
 		tm.SMUtil = float64(st.BusyNs) / (float64(b.info.Grid) * float64(st.TEnd-st.TStart))
+		tm.Span = time.Duration(st.TEnd - st.TStart)
 	}
-	b.last, b.haveLast = cfg, true
-	return tm, nil
+	return nil
 }
 
 // launch queues one cooperative launch of the kernel for mode d on stream s.
@@ -1135,6 +1182,10 @@ func (b *Backend) Close() error {
 	if b.haveEvDev {
 		errs = append(errs, b.drv.EventDestroy(b.evDev))
 	}
+	for _, ev := range b.evQueue {
+		errs = append(errs, b.drv.EventDestroy(ev))
+	}
+	b.evQueue = nil
 	if b.haveStream {
 		errs = append(errs, b.drv.StreamDestroy(b.stream))
 	}

@@ -109,7 +109,7 @@ func (b *Backend) TileCheck(c TileCase) (TileReport, error) {
 	}
 	defer d.MemFree(mem)
 	base := uint64(mem)
-	if err := d.MemsetD32(mem, 0x7fc00000, uint64(kernels.TCTileM*128)); err != nil { // NaN: unwritten shows
+	if err := d.MemsetD32(mem, poisonNaN, uint64(kernels.TCTileM*128)); err != nil {
 		return rep, err
 	}
 	if err := d.MemsetD32(cuda.DevicePtr(base+offStatus), 0, 1); err != nil {

@@ -118,6 +118,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1, help="seed of the random weights and tokens")
     p.add_argument("--iters", type=int, default=20, help="timed forwards per config")
     p.add_argument("--warmup", type=int, default=5, help="untimed forwards per config before timing")
+    p.add_argument("--queue", action="store_true",
+                   help="time the forwards back to back after one barrier (the first not counted), each between "
+                        "its own CUDA events, as `moerun bench --queue` does, instead of each after a barrier")
     p.add_argument("--check", action="store_true",
                    help="verify the last forward against float64 on a few tokens per rank; exit 1 on failure")
     p.add_argument("--check-tokens", type=int, default=16, help="tokens per rank that --check verifies")
@@ -651,7 +654,20 @@ def run_config(c, a, rank, world, device, layer):
         cuda = device.type == "cuda"
         if cuda:
             ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(a.iters):
+        if a.queue and cuda:
+            # Back to back after one barrier; the first forward absorbs the
+            # ranks' start skew and is not counted (moerun bench --queue).
+            evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                   for _ in range(a.iters + 1)]
+            dist.barrier()
+            sync(device)
+            for e0, e1 in evs:
+                e0.record()
+                out = layer.forward(x)
+                e1.record()
+            sync(device)
+            lat = [e0.elapsed_time(e1) * 1e3 for e0, e1 in evs[1:]]
+        for _ in range(0 if a.queue and cuda else a.iters):
             dist.barrier()
             sync(device)
             if cuda:
