@@ -63,7 +63,10 @@ __device__ inline bool params_ok(const MoeParams& p) {
   const bool modes = p.ffn >= MOE_FFN_RELU && p.ffn <= MOE_FFN_SWIGLU && p.dtype >= MOE_DTYPE_FP32 &&
                      p.dtype <= MOE_DTYPE_BF16 && (p.route == MOE_ROUTE_SOFTMAX || p.route == MOE_ROUTE_SKEW);
   const uint32_t smem = static_cast<uint32_t>(p.dtype == MOE_DTYPE_FP32 ? kSimtPhaseBytes : kPhaseBytes);
-  return shapes && modes && blockDim.x == kThreads && dynamic_smem_bytes() >= smem &&
+  // Two blocks at least with other ranks: the dispatch's copying and own-row
+  // roles each need one (dispatch.cuh); the host never launches fewer.
+  const bool grid = p.world == 1 || gridDim.x >= 2;
+  return shapes && modes && grid && blockDim.x == kThreads && dynamic_smem_bytes() >= smem &&
          moerun_params_size == static_cast<int>(sizeof(MoeParams)) && moerun_abi_version == MOE_ABI_VERSION;
 }
 

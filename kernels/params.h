@@ -112,7 +112,7 @@
 #define MOE_EV_GATE 1         /* one gate tile: a = token tile, b = expert tile, e = K split */
 #define MOE_EV_TOPK 2         /* the block's softmax/top-k tokens: a = tokens */
 #define MOE_EV_ROUTE 3        /* one expert's route scan: a = expert, b = kept pairs */
-#define MOE_EV_DISPATCH 4     /* the block's dispatch: a = rows copied by its warps */
+#define MOE_EV_DISPATCH 4     /* the block's dispatch: src = 1 other owners' rows, 0 own rows; a = rows */
 #define MOE_EV_GEMM0 5        /* one GEMM0 task: src, a = row tile, b = column tile, e = expert */
 #define MOE_EV_GEMM1 6        /* one GEMM1 task: src, a = row tile, b = column tile, e = expert */
 #define MOE_EV_COMBINE 7      /* the block's combine tokens: a = tokens */

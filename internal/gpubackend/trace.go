@@ -33,11 +33,11 @@ const (
 	TraceGate         TraceKind = kernels.EvGate         // one gate tile: A token tile, B expert tile, Expert = K split
 	TraceTopK         TraceKind = kernels.EvTopK         // a block's softmax + top-k: A tokens
 	TraceRoute        TraceKind = kernels.EvRoute        // one expert's route scan: A expert, B kept pairs
-	TraceDispatch     TraceKind = kernels.EvDispatch     // a block's dispatch: A rows copied by its warps
+	TraceDispatch     TraceKind = kernels.EvDispatch     // a block's dispatch: Src 1 copying other owners' rows, 0 the own rows; A rows
 	TraceGEMM0        TraceKind = kernels.EvGEMM0        // GEMM0 task: Src source rank, A row tile, B column tile, Expert
 	TraceGEMM1        TraceKind = kernels.EvGEMM1        // GEMM1 task: as GEMM0
 	TraceCombine      TraceKind = kernels.EvCombine      // a block's combine: A tokens
-	TraceBarrier      TraceKind = kernels.EvBarrier      // grid barrier, arrival to release: A barrier number (1..4)
+	TraceBarrier      TraceKind = kernels.EvBarrier      // grid barrier, arrival to release: A barrier number (1..3)
 	TraceWaitDispatch TraceKind = kernels.EvWaitDispatch // OS block waiting for a dispatch signal: Src the source that came
 	TraceWaitReturn   TraceKind = kernels.EvWaitReturn   // waiting for every return signal before combine
 	TraceDecode       TraceKind = kernels.EvDecode       // OS block decoding a source's counts: Src, A row tiles
@@ -196,7 +196,7 @@ func Phases(events []TraceEvent) []PhaseStat {
 		out[i].Blocks = len(blocks[k])
 	}
 	order := func(k key) int {
-		// pipeline order: setup, gate, b1, topk, b2, route, b3, dispatch, b4, decode/waits, gemms, combine
+		// pipeline order: setup, gate, b1, topk, b2, route, b3, dispatch, decode/waits, gemms, combine
 		switch k.kind {
 		case TraceSetup:
 			return 0
@@ -242,8 +242,7 @@ func Phases(events []TraceEvent) []PhaseStat {
 // PhaseTimes is, for the last forward (Options.Trace), the time from the
 // kernel's start to the end of each phase, the latest over blocks, by name
 // (setup, gate, barrier1, topk, barrier2, route, barrier3, dispatch,
-// barrier4, wait_dispatch, decode, gemm0, gemm1, wait_task, wait_return,
-// combine) plus "total" (the last event's end). nil when there is no trace.
+// wait_dispatch, decode, gemm0, gemm1, wait_task, wait_return, combine) plus "total" (the last event's end). nil when there is no trace.
 func (b *Backend) PhaseTimes() map[string]time.Duration {
 	evs, err := b.TraceEvents()
 	if err != nil || len(evs) == 0 {
