@@ -10,11 +10,14 @@
 //   return signal at once. After the last arrival it becomes a processor.
 // - processors take tasks:
 //   GEMM0 tickets from an atomic counter, in arrival order: ticket i is valid
-//     once a published arrival covers it; task = (row tile, I-column tile):
+//     once a published arrival covers it; task = (row tile, I-column tile),
+//     row-tile-major (small forwards: column-major over all sources, see
+//     g0_col_major):
 //     act(A.W1 + b1) (or silu(A.Wg) * (A.Wu)) into the intermediate buffer.
 //     The block that completes the last GEMM0 tile of a row tile appends the
 //     row tile to the GEMM1 queue (g1_list).
-//   GEMM1 tasks = (queued row tile, H-column tile), reserved by CAS only
+//   GEMM1 tasks = (queued row tile, H-column tile) (column-major with
+//     GEMM0's), reserved by CAS only
 //     while queued work exists, so a block never blocks on a GEMM1 slot that
 //     depends on a GEMM0 ticket it holds. The epilogue (+ b2) stores rows
 //     straight into the source's return buffer at row t*k+j; the block that
@@ -51,6 +54,22 @@ __device__ __forceinline__ int g0_col_tiles(const MoeParams& p) {
 __device__ __forceinline__ int g1_col_tiles(const MoeParams& p) {
   const int w = g1_tile_cols(p);
   return (p.hidden + w - 1) / w;
+}
+
+// Small forwards (few rows per source and expert): every expert's weights
+// would stream from HBM once per source, each source's row tiles a wave of
+// their own. Instead the owner publishes the sources together, once all have
+// arrived, and hands out GEMM0 and GEMM1 tasks column-tile-major over all row
+// tiles: the W row tiles of an expert that read the same weight slab run at
+// the same time and share it through L2. Chosen by the owner alone (its own
+// T stands for the sources'); -DMOE_MERGE_ROWS=0 turns it off.
+#ifndef MOE_MERGE_ROWS
+#define MOE_MERGE_ROWS 32  // at most this many kept rows per expert on average
+#endif
+constexpr int kMergeRows = MOE_MERGE_ROWS;
+__device__ __forceinline__ bool g0_col_major(const MoeParams& p) {
+  return p.world > 1 && tc_mode(p) &&
+         static_cast<int64_t>(p.tokens) * p.topk <= static_cast<int64_t>(p.experts) * kMergeRows;
 }
 
 // The subscriber loop of the OS block. Returns false after an abort.
@@ -135,7 +154,8 @@ __device__ inline bool os_subscribe(Ctx& c) {
       s->arr_task0[n + 1] = ld_cg(&s->arr_task0[n]) + ntiles * nt0;
       s->ret_target[src] = ntiles * nt1;
       __threadfence();
-      st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(n + 1));
+      // Column-major GEMM0: all sources published at once, after the last.
+      if (!g0_col_major(p) || n + 1 == W) st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(n + 1));
       if (ntiles == 0) send_signal(c, p.off_sig_return, src);
       const uint64_t t1 = globaltimer();
       c.busy += t1 - tw;
@@ -165,6 +185,7 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
   MoeSched* s = sched_of(p);
   const int W = p.world;
   const int nt0 = g0_col_tiles(p), nt1 = g1_col_tiles(p);
+  const bool col_major = g0_col_major(p);
   const uint64_t t0 = globaltimer();
   // Waiting for work is legitimate while a slow peer's rows are on their way:
   // the OS block's watchdog covers that. This bound is only a backstop.
@@ -176,10 +197,21 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
     // GEMM1 first: a ready GEMM1 task is later in its row tile's life than
     // any GEMM0 task, and its block would otherwise hold it back.
     if (g1_ticket < 0) g1_ticket = static_cast<int>(atomicAdd(&s->g1_head, 1u));
-    const uint32_t avail = ld_acquire_gpu_u32(&s->g1_tail) * static_cast<uint32_t>(nt1);
-    if (static_cast<uint32_t>(g1_ticket) < avail) {
-      const uint32_t slot = static_cast<uint32_t>(g1_ticket) / nt1;
-      nt = g1_ticket % nt1;
+    const uint32_t tail = ld_acquire_gpu_u32(&s->g1_tail);
+    const uint32_t t1 = static_cast<uint32_t>(g1_ticket);
+    uint32_t slot;
+    bool ready;
+    if (col_major) {  // ticket = column tile * row tiles + queue slot
+      const uint32_t nrt = all ? static_cast<uint32_t>(ld_cg(&s->arr_tile0[W])) : 0u;
+      ready = nrt > 0 && t1 < nrt * static_cast<uint32_t>(nt1) && t1 % nrt < tail;
+      slot = ready ? t1 % nrt : 0u;
+      nt = ready ? static_cast<int>(t1 / nrt) : 0;
+    } else {  // ticket = queue slot * column tiles + column tile
+      ready = t1 < tail * static_cast<uint32_t>(nt1);
+      slot = t1 / nt1;
+      nt = static_cast<int>(t1 % nt1);
+    }
+    if (ready) {
       const uint64_t ts = globaltimer();
       unsigned sns = 16;
       for (;;) {  // the slot's row tile is written right after the tail moved
@@ -196,11 +228,17 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
     if (!g0_done && g0_ticket < 0) g0_ticket = static_cast<int>(atomicAdd(&s->g0_next, 1u));
     if (g0_ticket >= 0) {
       if (g0_ticket < ld_cg(&s->arr_task0[narr])) {
-        int n = 0;
-        while (ld_cg(&s->arr_task0[n + 1]) <= g0_ticket) ++n;
-        const int local = g0_ticket - ld_cg(&s->arr_task0[n]);
-        rt = ld_cg(&s->arr_tile0[n]) + local / nt0;
-        nt = local % nt0;
+        if (col_major) {  // narr == W: every row tile's column nt, then nt + 1
+          const int nrt = ld_cg(&s->arr_tile0[W]);
+          rt = g0_ticket % nrt;
+          nt = g0_ticket / nrt;
+        } else {
+          int n = 0;
+          while (ld_cg(&s->arr_task0[n + 1]) <= g0_ticket) ++n;
+          const int local = g0_ticket - ld_cg(&s->arr_task0[n]);
+          rt = ld_cg(&s->arr_tile0[n]) + local / nt0;
+          nt = local % nt0;
+        }
         g0_ticket = -1;
         return kTaskG0;
       }
