@@ -42,11 +42,6 @@ namespace moe {
 #define MOE_DISPATCH_BLOCKS 32
 #endif
 constexpr int kDispatchBlocks = MOE_DISPATCH_BLOCKS;
-// 1: the copying blocks signal each owner when its rows are done (an A/B
-// build, measured in docs/benchmarks.md); 0: all owners when all are done.
-#ifndef MOE_DISPATCH_PER_OWNER
-#define MOE_DISPATCH_PER_OWNER 0
-#endif
 
 __device__ __forceinline__ int dispatch_blocks(const MoeParams& p) {
   return p.world == 1 ? 0 : min(kDispatchBlocks, static_cast<int>(gridDim.x) / 2);
@@ -122,35 +117,6 @@ __device__ inline void dispatch(Ctx& c) {
   const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
   uint64_t bytes = 0;
   const int l0 = pre[p.rank * El], l1 = pre[(p.rank + 1) * El];  // this rank's own rows
-#if MOE_DISPATCH_PER_OWNER
-  if (remote) {
-    // Owner by owner in rotated order (rank + 1, rank + 2, ...); after each,
-    // the block arrives on that owner's counter and the last arrival signals
-    // it: an owner starts on this source's rows as soon as they are all there
-    // instead of after every owner's.
-    MoeSched* s = sched_of(p);
-    for (int j = 1; j < W; ++j) {
-      const int d = p.rank + j < W ? p.rank + j : p.rank + j - W;
-      const int r0 = pre[d * El], r1 = pre[(d + 1) * El];
-      uint64_t dbytes = 0;
-      for (int g = r0 + rwarp; g < r1; g += nwarps) {
-        const int e = upper_index(pre, E, g);
-        const int pair = ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + (g - pre[e]));
-        const int64_t drow = static_cast<int64_t>(p.rank) * rps + (g - r0);
-        const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(pair / k) * rowbytes);
-        copy_row(src, reinterpret_cast<uint4*>(peer_heap(c, d, p.off_recv_rows) + drow * rowbytes), vecs, tf32, lane);
-        if (lane == 0) {
-          reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_meta))[drow] = pair;
-          dbytes += static_cast<uint64_t>(rowbytes);
-          if (tracing(c)) atomicAdd(&items, 1);
-        }
-      }
-      bytes += dbytes;
-      __syncthreads();  // the block's rows for d, before its arrival on d's counter
-      if (threadIdx.x == 0 && arrive_last(&s->disp_owner[d], nb)) send_dispatch_signal(c, d);
-    }
-  }
-#else
   if (remote) {
     // Rotated order: [rot, total) then [0, rot); the rank's own rows [l0, l1)
     // end it (rot = l1 mod total), so the first nrem rotated rows are the
@@ -171,9 +137,7 @@ __device__ inline void dispatch(Ctx& c) {
         if (tracing(c)) atomicAdd(&items, 1);
       }
     }
-  }
-#endif
-  else if (local_gather(p)) {
+  } else if (local_gather(p)) {
     // GEMM0 reads these rows from x: only their return slots, one per thread.
     int* meta = reinterpret_cast<int*>(my_heap(p, p.off_recv_meta)) + static_cast<int64_t>(p.rank) * rps;
     for (int g = l0 + rb * kThreads + threadIdx.x; g < l1; g += nb * kThreads) {
@@ -199,13 +163,11 @@ __device__ inline void dispatch(Ctx& c) {
   if (threadIdx.x == 0) {
     MoeSched* s = sched_of(p);
     if (remote) {
-#if !MOE_DISPATCH_PER_OWNER
       if (arrive_last(&s->disp_done[1], nb)) {
         for (int d = 0; d < W; ++d) {
           if (d != p.rank) send_dispatch_signal(c, d);
         }
       }
-#endif
     } else if (arrive_last(&s->disp_done[0], nb)) {
       send_dispatch_signal(c, p.rank);
     }

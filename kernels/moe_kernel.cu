@@ -93,9 +93,6 @@ __device__ inline void reset_launch_state(Ctx& c) {
     for (int i = threadIdx.x; i < p.world; i += kThreads) {
       s->ret_done[i] = 0;
       s->ret_target[i] = 0;
-#if MOE_DISPATCH_PER_OWNER
-      s->disp_owner[i] = 0;
-#endif
     }
   }
   unsigned* done = reinterpret_cast<unsigned*>(p.tile_done);

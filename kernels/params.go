@@ -192,7 +192,6 @@ type Sched struct {
 	RetDone   [MaxWorld]int32     `c:"ret_done"`
 	RetTarget [MaxWorld]int32     `c:"ret_target"`
 	DispDone  [2]uint32           `c:"disp_done"`
-	DispOwner [MaxWorld]uint32    `c:"disp_owner"`
 }
 
 // TileTest mirrors MoeTileTest, the argument of the debug entry

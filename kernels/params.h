@@ -228,7 +228,6 @@ typedef struct MoeSched {
     int32_t ret_done[MOE_MAX_WORLD];       /* GEMM1 tasks done per source */
     int32_t ret_target[MOE_MAX_WORLD];     /* GEMM1 tasks per source */
     uint32_t disp_done[2];                 /* dispatch blocks done: [0] own rows' role, [1] other owners' */
-    uint32_t disp_owner[MOE_MAX_WORLD];    /* copying blocks done with each owner's rows (per-owner signals) */
 } MoeSched;
 
 /* Argument of the debug entry moerun_tile_test: ONE block runs one

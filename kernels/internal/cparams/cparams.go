@@ -107,7 +107,6 @@ static const moe_entry moe_fields[] = {
     MOE_FIELD(MoeSched, ret_done),
     MOE_FIELD(MoeSched, ret_target),
     MOE_FIELD(MoeSched, disp_done),
-    MOE_FIELD(MoeSched, disp_owner),
     MOE_FIELD(MoeConvert, src),
     MOE_FIELD(MoeConvert, dst),
     MOE_FIELD(MoeConvert, n),
