@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -261,6 +262,53 @@ func TestBenchTimesQueuedForwardsWithoutTheFirst(t *testing.T) {
 		// 131, 141 µs; p50 is the 2nd of 4, p99 the 4th.
 		if queues.Load() != 2 || p50 != 121 || p99 != 141 {
 			t.Errorf("queued: %d queues (want one per rank), p50 %v p99 %v µs (want 121, 141)", queues.Load(), p50, p99)
+		}
+	}
+}
+
+// clockTracer is a Tracer whose last launch returned at a given time.
+type clockTracer struct{ at time.Time }
+
+func (clockTracer) WriteTrace(io.Writer) error { return nil }
+func (clockTracer) PhaseSummary() string       { return "" }
+func (t clockTracer) LaunchedAt() time.Time    { return t.at }
+
+func TestStartSkewsAgainstRankZero(t *testing.T) {
+	base := time.Unix(1_800_000_000, 0)
+	for _, rank0Clock := range []bool{true, false} {
+		l := transport.NewLocal(2, 0)
+		got := make([][2]float64, 2)
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for r := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				exit := base.Add(time.Duration(r) * 5500 * time.Nanosecond)
+				tr := clockTracer{at: base.Add(-3 * time.Microsecond)}
+				if r == 0 {
+					tr = clockTracer{}
+					if rank0Clock {
+						tr.at = base
+					}
+				}
+				got[r], errs[r] = startSkews(l.Rank(r), tr, exit)
+			}()
+		}
+		wg.Wait()
+		for r, err := range errs {
+			if err != nil {
+				t.Fatalf("rank %d: %v", r, err)
+			}
+		}
+		if got[0][0] != 0 || got[1][0] != 5.5 {
+			t.Errorf("barrier exits %v, %v µs against rank 0: want 0 and 5.5", got[0][0], got[1][0])
+		}
+		if rank0Clock && (got[0][1] != 0 || got[1][1] != -3) {
+			t.Errorf("launch returns %v, %v µs against rank 0: want 0 and -3", got[0][1], got[1][1])
+		}
+		if !rank0Clock && (!math.IsNaN(got[0][1]) || !math.IsNaN(got[1][1])) {
+			t.Errorf("launch returns %v, %v: want NaN without rank 0's clock", got[0][1], got[1][1])
 		}
 	}
 }
