@@ -928,11 +928,18 @@ func (b *Backend) launchStaged(mode config.DType, arg []byte, exec cuda.GraphExe
 // queued forward returned (the benchmark compares it across ranks).
 func (b *Backend) LaunchedAt() time.Time { return b.launchedAt }
 
+// kernelsBound is how long the host waits for n queued kernels: each ends
+// within its watchdog period of every wait, so four periods each plus slack
+// only fail a kernel that cannot end.
+func (b *Backend) kernelsBound(n int) time.Duration {
+	return time.Duration(n)*4*b.opt.Watchdog + 10*time.Second
+}
+
 // waitKernels waits for ev, recorded after the last of n queued kernels.
 // The kernel's own watchdog ends each one; this bound only catches a kernel
 // that cannot end (which a watchdog bug would be).
 func (b *Backend) waitKernels(ev cuda.Event, n int) error {
-	bound := time.Duration(n)*4*b.opt.Watchdog + 10*time.Second
+	bound := b.kernelsBound(n)
 	if err := b.drv.EventWait(ev, bound); err != nil {
 		b.broken = fmt.Errorf("rank %d: kernel (launch %d) did not finish within %v: %w; the GPU stays busy until this process exits", b.rank, b.launches, bound, err)
 		return b.broken
@@ -945,14 +952,9 @@ func (b *Backend) waitKernels(ev cuda.Event, n int) error {
 // and makes the runtime unusable. On success it fills tm's bytes put and SM
 // utilisation (of the last launch).
 func (b *Backend) finishTiming(tm *backend.Timing) error {
-	st, err := b.status()
+	st, err := b.statusOK()
 	if err != nil {
-		b.broken = err
 		return err
-	}
-	if st.Code != kernels.StatusOK {
-		b.broken = b.statusError(st)
-		return b.broken
 	}
 	tm.BytesPut = int64(st.BytesPut)
 	tm.SMUtil = -1
@@ -1035,6 +1037,22 @@ func (b *Backend) status() (kernels.Status, error) {
 		return kernels.Status{}, fmt.Errorf("read the kernel's status block: %w", err)
 	}
 	return kernels.StatusFromBytes(buf), nil
+}
+
+// statusOK reads the status block after the device work it follows and
+// makes the runtime refuse further work when that could not be read or a
+// launch failed (the code is sticky: an abort in any launch stays there).
+func (b *Backend) statusOK() (kernels.Status, error) {
+	st, err := b.status()
+	if err != nil {
+		b.broken = err
+		return st, err
+	}
+	if st.Code != kernels.StatusOK {
+		b.broken = b.statusError(st)
+		return st, b.broken
+	}
+	return st, nil
 }
 
 // statusError turns a failed launch's status block into the error the host reports.

@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
-	"time"
 
 	"github.com/moerun/moerun/internal/backend"
 	"github.com/moerun/moerun/internal/config"
 	"github.com/moerun/moerun/internal/cpubackend"
 	"github.com/moerun/moerun/internal/cuda"
-	"github.com/moerun/moerun/kernels"
 	"github.com/moerun/moerun/symheap"
 )
 
@@ -230,20 +228,12 @@ func (b *Backend) quiesce() error {
 	if !b.devPending {
 		return nil
 	}
-	bound := 4*b.opt.Watchdog + 10*time.Second
+	bound := b.kernelsBound(1)
 	if err := b.drv.EventWait(b.evDev, bound); err != nil {
 		b.broken = fmt.Errorf("rank %d: a forward on the caller's stream (launch %d) did not finish within %v: %w", b.rank, b.launches, bound, err)
 		return b.broken
 	}
 	b.devPending = false
-	st, err := b.status()
-	if err != nil {
-		b.broken = err
-		return err
-	}
-	if st.Code != kernels.StatusOK {
-		b.broken = b.statusError(st)
-		return b.broken
-	}
-	return nil
+	_, err := b.statusOK()
+	return err
 }
