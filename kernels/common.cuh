@@ -112,6 +112,14 @@ __device__ __forceinline__ char* my_heap(const MoeParams& p, uint64_t off) {
   return reinterpret_cast<char*>(p.heap_base + off);
 }
 
+// Orders this thread's generic-proxy global stores before async-proxy (TMA)
+// reads of them that a release/acquire chain leads to: the writers of rows
+// that tensor-core tiles load with TMA (dispatch, GEMM0 epilogue) fence
+// before their arrival.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+
 __device__ __forceinline__ uint64_t globaltimer() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));

@@ -13,6 +13,7 @@ import (
 type CubinInfo struct {
 	ABIVersion int    // moerun_abi_version: must equal ABIVersion
 	ParamsSize int    // moerun_params_size: must equal ParamsSize
+	PhaseBytes int    // moerun_phase_bytes: dynamic shared memory of a tf32/bf16 launch (PhaseBytes unless built with other stages)
 	NVSHMEM    [3]int // moerun_nvshmem_version: the NVSHMEM device library linked in
 	HasKernel  bool   // the entry point KernelName is defined
 }
@@ -70,6 +71,10 @@ func ReadCubinInfo(image []byte) (CubinInfo, error) {
 		return info, err
 	}
 	info.ParamsSize = v[0]
+	if v, err = read(SymPhaseBytes, 1); err != nil {
+		return info, err
+	}
+	info.PhaseBytes = v[0]
 	if v, err = read(SymNVSHMEMVersion, 3); err != nil {
 		return info, err
 	}
@@ -90,6 +95,9 @@ func (c CubinInfo) Check() error {
 	if c.ABIVersion != ABIVersion || c.ParamsSize != int(ParamsSize) {
 		return fmt.Errorf("cubin was built from another version of kernels/params.h (ABI %d, params %d bytes; this binary expects ABI %d, %d bytes): rebuild it with `make kernels`",
 			c.ABIVersion, c.ParamsSize, ABIVersion, ParamsSize)
+	}
+	if c.PhaseBytes < SIMTPhaseBytes {
+		return fmt.Errorf("cubin: moerun_phase_bytes = %d, below the fp32 phase (%d): a broken build", c.PhaseBytes, SIMTPhaseBytes)
 	}
 	return nil
 }

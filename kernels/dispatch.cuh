@@ -159,6 +159,7 @@ __device__ inline void dispatch(Ctx& c) {
     }
   }
   if (lane == 0) c.bytes += bytes;
+  if ((p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // the rows are read by TMA (gemm_tc.cuh)
   __syncthreads();  // the block's stores, before its arrival; and pre is free again
   if (threadIdx.x == 0) {
     MoeSched* s = sched_of(p);

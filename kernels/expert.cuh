@@ -56,6 +56,13 @@ __device__ __forceinline__ int g1_col_tiles(const MoeParams& p) {
   return (p.hidden + w - 1) / w;
 }
 
+// Generic address of the launch's tensor map i (MOE_TMAP_*), or 0 (the
+// cp.async loader) without MOE_FLAG_TMA. The maps live in the kernel's
+// argument, in parameter space (__grid_constant__).
+__device__ __forceinline__ uint64_t tmap_of(const MoeParams& p, int i) {
+  return (p.flags & MOE_FLAG_TMA) != 0 ? reinterpret_cast<uint64_t>(&p.tmap[i * MOE_TMAP_WORDS]) : 0;
+}
+
 // Small forwards (few rows per source and expert): every expert's weights
 // would stream from HBM once per source, each source's row tiles a wave of
 // their own. Instead the owner publishes the sources together, once all have
@@ -263,6 +270,7 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
 // of row tile rt queues it for GEMM1.
 __device__ inline void finish_gemm0(Ctx& c, int rt) {
   const MoeParams& p = c.p;
+  if ((p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // GEMM1 reads the intermediate with TMA
   __syncthreads();
   if (threadIdx.x == 0) {
     MoeSched* sc = sched_of(p);
@@ -400,6 +408,12 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
   g.ldb = H;
   g.ncols = min(kW, I - n0);
   g.K = H;
+  g.amap = tmap_of(p, MOE_TMAP_RECV);
+  g.arow0 = static_cast<int>(grow);
+  g.bmap[0] = tmap_of(p, MOE_TMAP_W1);
+  if (NB == 2) g.bmap[NB - 1] = tmap_of(p, MOE_TMAP_WU);
+  g.brow0 = d.le * I + n0;
+  g.wait_ns = p.watchdog_ns;
   const int op = NB == 2 ? kOpSwiGLU : (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU);
   const float* bias = NB == 1 ? reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0 : nullptr;
   bool gathered = false;
@@ -407,7 +421,8 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
     if (d.src == p.rank && local_gather(p)) {
       // This rank's own rows were not copied: read them from x by token
       // (return slot t*k+j / k). Row tid/8 + 32 i of the tile is this
-      // thread's loader row of pass i.
+      // thread's loader row of pass i. The cp.async loader: a TMA box of
+      // one row would not be swizzled by its row (params.h MOE_TMAP_*).
       const int* meta = reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow;
       const int lr = threadIdx.x >> 3;
       int tk[4];
@@ -417,6 +432,7 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
         tk[i] = r < d.nrows ? ld_cg(meta + r) / p.topk : 0;
       }
       g.a = reinterpret_cast<const T*>(p.x);
+      g.amap = 0;
       g.atok = make_int4(tk[0], tk[1], tk[2], tk[3]);
       tc_tile_stage<Mma, NB, true>(g, c.phase, op, bias);
       gathered = true;
@@ -452,6 +468,11 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
   g.ldb = I;
   g.ncols = min(kTcTileN, H - n0);
   g.K = I;
+  g.amap = tmap_of(p, MOE_TMAP_INTER);
+  g.arow0 = static_cast<int>(grow);
+  g.bmap[0] = tmap_of(p, MOE_TMAP_W2);
+  g.brow0 = d.le * H + n0;
+  g.wait_ns = p.watchdog_ns;
   const float* bias = p.ffn != MOE_FFN_SWIGLU
                           ? reinterpret_cast<const float*>(p.b2) + static_cast<int64_t>(d.le) * H + n0
                           : nullptr;

@@ -50,6 +50,18 @@
 //     kept to measure against (make kernels NVCC_EXTRA=-DMOE_TC_WGMMA=0).
 // Both leave the same 64 fp32 accumulators per thread, in different places
 // (tc_acc_pos says where), so that tc_stage is the one reader.
+//
+// Loaders of the wgmma mainloop, chosen per tile by TcArgs::amap:
+//   TMA (amap != 0, MOE_FLAG_TMA; never a gather): thread 0 issues each
+//     stage as cp.async.bulk.tensor boxes (A: one 128-row box; B: one
+//     128-row box, or 8 boxes of 16 rows for the interleaved swiglu operands) through the host's tensor maps, whose
+//     128-byte swizzle writes exactly the layout above. Completion is counted
+//     in bytes on the stage's "full" mbarrier; each warpgroup arrives on the
+//     stage's "empty" mbarrier once its MMAs of the stage are done, and thread
+//     0 refills the stage after both. No __syncthreads in the loop, and the
+//     MMAs of step k - 1 and k overlap (wgmma.wait_group 1).
+//   cp.async (amap == 0): every thread copies 16-byte chunks, one
+//     __syncthreads per stage, the MMAs of step k drain before step k + 1.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -85,7 +97,12 @@ static_assert(kTcTileM == 128 && kTcTileN == 128 && kTcKBytes == 128, "the tile 
 static_assert(kWarps == (kTcTileM / kTcWarpM) * (kTcTileN / kTcWarpN), "8 warps of 64 x 32");
 static_assert(kTcStages >= 2, "cp.async pipeline needs at least 2 stages");
 static_assert(kTcTileM * kTcCsStride * 4 <= kTcMainBytes, "the staged output tile fits the stage buffers");
-static_assert(kTcMainBytes + kTcTileM * 4 <= kTcPhaseUsable, "stages and row slots fit the aligned phase buffer");
+// The TMA loader's mbarriers: full[s] then empty[s], 8 bytes each, after the
+// row slots (kTcTileM ints) that the GEMM1 epilogue keeps across the tile.
+constexpr int kTcBarOff = kTcMainBytes + kTcTileM * 4;
+constexpr int kTcWarpgroups = kThreads / 128;
+static_assert(kTcBarOff + 2 * kTcStages * 8 <= kTcPhaseUsable, "stages, row slots and barriers fit the aligned phase buffer");
+static_assert(kTcBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 static_assert(kTcStageBytes % 1024 == 0 && (kTcTileM * kTcKBytes) % 1024 == 0 && kPhaseAlign == 1024,
               "every stage and its B part start on a 1024-byte swizzle boundary");
 constexpr int kTcAcc = kTcTileM * kTcTileN / kThreads;  // fp32 accumulators per thread (64)
@@ -211,6 +228,62 @@ __device__ __forceinline__ void wgmma_tf32(float (&d)[kTcAcc], uint64_t da, uint
 }
 #undef MOE_WG_D16
 #undef MOE_WG_REGS
+
+// ---- TMA and mbarriers --------------------------------------------------------
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_inval(uint32_t bar) {
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// The initialised barriers are visible to the other threads and to the
+// async proxy (the TMA unit's complete_tx) before anyone uses them.
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// One arrival that also announces bytes the current phase must receive.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+// Waits for the barrier's phase of the given parity to complete. A TMA load
+// either lands or faults, so an expiry is a bug (byte counts that disagree):
+// the block traps rather than hang or run on stale stages, and the launch
+// fails with an error on this rank (its peers' watchdogs then fire). No call
+// here: the tile is a leaf function (see tc_tile_stage).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity, uint64_t wait_ns) {
+  if (mbar_try_wait(bar, parity)) return;
+  const uint64_t t0 = globaltimer();
+  for (uint32_t i = 1;; ++i) {
+    if (mbar_try_wait(bar, parity)) return;
+    if ((i & 63) == 0 && globaltimer() - t0 > wait_ns) __trap();
+  }
+}
+// Generic-proxy accesses of this thread (rows acquired from other blocks and
+// GPUs; the last task's staging in shared memory) are ordered before its
+// later async-proxy (TMA) accesses.
+__device__ __forceinline__ void fence_proxy_async_all() { asm volatile("fence.proxy.async;\n" ::: "memory"); }
+// A 2-D box at (c0 = K element, c1 = row) of the map at generic address map
+// into shared memory at dst; its bytes complete on bar.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, uint64_t map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
 #endif  // MOE_TC_WGMMA
 
 // ---- the tile ---------------------------------------------------------------
@@ -232,6 +305,15 @@ struct TcArgs {
   // thread's loader rows tid/8 + 32 i, i = 0..3 (x, y, z, w); rows past
   // mrows are never read.
   int4 atok;
+  // TMA loader (amap != 0; wgmma builds only): generic addresses of the
+  // CUtensorMaps of A and of each B operand, the tile's first row in A's
+  // map and its first row in the B maps (NB 2: the output column; those maps' boxes are 16 rows), and
+  // the bound of each stage wait. Zero unless a caller sets them: the
+  // cp.async loader.
+  uint64_t amap = 0;
+  uint64_t bmap[NB] = {};
+  int arow0 = 0, brow0 = 0;
+  uint64_t wait_ns = 0;
 };
 
 // Where accumulator i of this thread sits in the 128 x 128 tile: its row and
@@ -257,6 +339,96 @@ __device__ __forceinline__ TcPos tc_acc_pos(int i) {
 #endif
 }
 
+#if MOE_TC_WGMMA
+// The TMA mainloop (see the file comment). Same contract as tc_gemm_tile.
+template <class Mma, int NB>
+__device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[kTcAcc]) {
+  using T = typename Mma::T;
+  constexpr int kKElems = kTcKBytes / static_cast<int>(sizeof(T));  // K elements per stage and row
+  const int tid = threadIdx.x;
+  const uint32_t sbase = smem_u32(smem);
+  const uint32_t bars = sbase + kTcBarOff;  // full[s] = bars + 8 s, empty[s] = bars + 8 (kTcStages + s)
+  const int ksteps = g.K * static_cast<int>(sizeof(T)) / kTcKBytes;
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < kTcStages; ++s) {
+      mbar_init(bars + 8 * s, 1);                             // warp 0's arrive.expect_tx
+      mbar_init(bars + 8 * (kTcStages + s), kTcWarpgroups);  // one arrival per warpgroup
+    }
+    mbar_init_fence();
+  }
+  fence_proxy_async_all();  // this thread's staging stores of the last tile precede the TMA writes
+  __syncthreads();
+  // Bytes of a stage: every box is transferred whole (zero fill outside the map).
+  constexpr uint32_t kTx = static_cast<uint32_t>((kTcTileM + kTcTileN) * kTcKBytes);
+  auto issue = [&](int stage, int kt) {  // thread 0
+    const uint32_t full = bars + 8 * stage;
+    const uint32_t dst = sbase + static_cast<uint32_t>(stage * kTcStageBytes);
+    const int kc = kt * kKElems;
+    mbar_arrive_expect_tx(full, kTx);
+    tma_load_2d(dst, g.amap, kc, g.arow0, full);
+    const uint32_t bdst = dst + kTcTileM * kTcKBytes;
+    if (NB == 1) {
+      tma_load_2d(bdst, g.bmap[0], kc, g.brow0, full);
+    } else {  // B rows 32w..+15: gate columns 16w..+15; 32w+16..+31: up, the same columns
+#pragma unroll
+      for (int w = 0; w < kTcTileN / 32; ++w) {
+        tma_load_2d(bdst + 32 * w * kTcKBytes, g.bmap[0], kc, g.brow0 + 16 * w, full);
+        tma_load_2d(bdst + (32 * w + 16) * kTcKBytes, g.bmap[NB - 1], kc, g.brow0 + 16 * w, full);
+      }
+    }
+  };
+  if (tid == 0) {
+    // Thread 0 acquired this task's rows (next_task): they are read by the
+    // async proxy after this fence.
+    fence_proxy_async_all();
+    for (int s = 0; s < kTcStages && s < ksteps; ++s) issue(s, s);
+  }
+  // Warpgroup wg multiplies A rows 64 wg..+63 by all 128 B rows; a k-step
+  // is 32 bytes of every row, +2 in the descriptors' 16-byte units.
+  const uint32_t a_off = static_cast<uint32_t>((tid >> 7) * 64 * kTcKBytes);
+  int st = 0;
+  uint32_t phase = 0;  // parity of step kt's use of stage st
+  for (int kt = 0; kt < ksteps; ++kt) {
+    mbar_wait(bars + 8 * st, phase, g.wait_ns);
+    const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
+    const uint64_t da = wgmma_desc(sst + a_off);
+    const uint64_t db = wgmma_desc(sst + kTcTileM * kTcKBytes);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kTcKBytes / 32; ++kk) {
+      if constexpr (Mma::kTF32) {
+        wgmma_tf32(acc, da + 2 * kk, db + 2 * kk);
+      } else {
+        wgmma_bf16(acc, da + 2 * kk, db + 2 * kk);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait<1>(acc);  // step kt - 1's MMAs are done: its stage is free
+    if (kt > 0) {
+      const int ps = st == 0 ? kTcStages - 1 : st - 1;
+      const uint32_t pphase = st == 0 ? phase ^ 1u : phase;  // parity of step kt - 1's use of ps
+      if ((tid & 127) == 0) mbar_arrive(bars + 8 * (kTcStages + ps));
+      const int nk = kt - 1 + kTcStages;
+      if (tid == 0 && nk < ksteps) {
+        mbar_wait(bars + 8 * (kTcStages + ps), pphase, g.wait_ns);  // both warpgroups are done with it
+        issue(ps, nk);
+      }
+    }
+    if (++st == kTcStages) {
+      st = 0;
+      phase ^= 1u;
+    }
+  }
+  wgmma_wait<0>(acc);
+  __syncthreads();  // every stage consumed, every wait passed: the barriers can go
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < 2 * kTcStages; ++s) mbar_inval(bars + 8 * s);
+  }
+}
+#endif
+
 // On return acc holds the tile (tc_acc_pos), all cp.async groups and MMAs
 // have completed and the block has synchronised: the caller may reuse smem.
 // kGather: A row r of the tile is row atok(r) of a (one 16-byte chunk per
@@ -268,6 +440,14 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
   const int tid = threadIdx.x;
 #pragma unroll
   for (int i = 0; i < kTcAcc; ++i) acc[i] = 0.f;
+#if MOE_TC_WGMMA
+  if constexpr (!kGather) {
+    if (g.amap != 0) {
+      tc_mainloop_tma<Mma, NB>(g, smem, acc);
+      return;
+    }
+  }
+#endif
 
   // Loader: thread copies chunk lc of rows lr + 32 i (i < 4) of A and of B.
   const int lc = tid & 7, lr = tid >> 3;

@@ -44,10 +44,15 @@
 // Read by the host with cuModuleGetGlobal before the first launch.
 extern "C" __device__ int moerun_abi_version = MOE_ABI_VERSION;
 extern "C" __device__ int moerun_params_size = static_cast<int>(sizeof(MoeParams));
+// Dynamic shared memory a tf32/bf16 launch of this build needs (MOE_PHASE_BYTES,
+// which a build's -DMOE_TC_STAGES changes): the host launches with it.
+extern "C" __device__ int moerun_phase_bytes = MOE_PHASE_BYTES;
 extern "C" __device__ int moerun_nvshmem_version[3] = {NVSHMEM_VENDOR_MAJOR_VERSION, NVSHMEM_VENDOR_MINOR_VERSION,
                                                        NVSHMEM_VENDOR_PATCH_VERSION};
 
 namespace moe {
+
+constexpr int kTmapAlign = 128;  // CUtensorMap's alignment (cuda.h 13)
 
 __device__ inline bool params_ok(const MoeParams& p) {
   const bool shapes = p.world >= 1 && p.world <= kMaxWorld && p.rank >= 0 && p.rank < p.world &&
@@ -66,7 +71,10 @@ __device__ inline bool params_ok(const MoeParams& p) {
   // Two blocks at least with other ranks: the dispatch's copying and own-row
   // roles each need one (dispatch.cuh); the host never launches fewer.
   const bool grid = p.world == 1 || gridDim.x >= 2;
-  return shapes && modes && grid && blockDim.x == kThreads && dynamic_smem_bytes() >= smem &&
+  // TMA reads the tensor maps from the argument: 128-byte aligned (MoeArg).
+  const bool tmaps = !tc_mode(p) || (p.flags & MOE_FLAG_TMA) == 0 ||
+                     (reinterpret_cast<uintptr_t>(p.tmap) & (kTmapAlign - 1)) == 0;
+  return shapes && modes && grid && tmaps && blockDim.x == kThreads && dynamic_smem_bytes() >= smem &&
          moerun_params_size == static_cast<int>(sizeof(MoeParams)) && moerun_abi_version == MOE_ABI_VERSION;
 }
 
@@ -128,8 +136,23 @@ __device__ inline bool run(Ctx& c, uint64_t t_entry) {
 
 }  // namespace moe
 
-extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __grid_constant__ MoeParams p) {
+// The kernels' arguments are the params.h structs, declared 128-byte aligned
+// in parameter space so that the tensor maps inside them are (CUtensorMap's
+// alignment); the same bytes as the structs, whose sizes are multiples of it.
+struct __align__(128) MoeArg {
+  MoeParams p;
+};
+struct __align__(128) MoeTileArg {
+  MoeTileTest t;
+};
+static_assert(sizeof(MoeArg) == sizeof(MoeParams) && sizeof(MoeTileArg) == sizeof(MoeTileTest),
+              "the aligned arguments add no bytes");
+static_assert(offsetof(MoeParams, tmap) % moe::kTmapAlign == 0 && offsetof(MoeTileTest, tmap) % moe::kTmapAlign == 0,
+              "tensor maps sit 128-byte aligned in the arguments");
+
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __grid_constant__ MoeArg arg) {
   using namespace moe;
+  const MoeParams& p = arg.p;
   __shared__ Shared sh;
   extern __shared__ __align__(128) unsigned char moe_phase[];
   const uint64_t t_entry = p.trace != 0 && threadIdx.x == 0 ? globaltimer() : 0;
@@ -171,6 +194,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
 // dynamic shared memory. Runs the same tc_gemm_tile / tc_stage /
 // tc_copy_out as the expert tasks.
 namespace moe {
+constexpr uint64_t kTileTestWaitNs = 2000000000ull;  // bound of the tile's stage waits (2 s)
 template <class Mma, int NB>
 __device__ inline void tile_test_run(const MoeTileTest& t, unsigned char* smem) {
   TcArgs<NB> g;
@@ -182,21 +206,32 @@ __device__ inline void tile_test_run(const MoeTileTest& t, unsigned char* smem) 
   g.ldb = t.k;
   g.ncols = t.ncols;
   g.K = t.k;
+  // Maps of A, B0, B1 (all zero: the cp.async loader).
+  const bool tma = t.tmap[0] != 0;
+  g.amap = tma ? reinterpret_cast<uint64_t>(&t.tmap[0]) : 0;
+  g.bmap[0] = tma ? reinterpret_cast<uint64_t>(&t.tmap[MOE_TMAP_WORDS]) : 0;
+  if (NB == 2) g.bmap[NB - 1] = tma ? reinterpret_cast<uint64_t>(&t.tmap[2 * MOE_TMAP_WORDS]) : 0;
+  g.arow0 = 0;
+  g.brow0 = 0;
+  g.wait_ns = kTileTestWaitNs;
   tc_tile_stage<Mma, NB>(g, smem, kOpNone, nullptr);
   const float* cs = reinterpret_cast<const float*>(smem);
   __syncthreads();
+  if (blockIdx.x != 0) return;  // a throughput run: every block computes the tile, block 0 reports it
   float* out = reinterpret_cast<float*>(t.out);
   tc_copy_out<float>(cs, kTcTileM, kTcTileN, false, [&](int r) { return out + static_cast<int64_t>(r) * kTcTileN; });
 }
 }  // namespace moe
 
-extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(const __grid_constant__ MoeTileTest t) {
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(const __grid_constant__ MoeTileArg arg) {
   using namespace moe;
+  const MoeTileTest& t = arg.t;
   extern __shared__ __align__(128) unsigned char moe_phase[];
-  const bool ok = blockDim.x == kThreads && gridDim.x == 1 && dynamic_smem_bytes() >= static_cast<uint32_t>(kPhaseBytes) &&
+  const bool ok = blockDim.x == kThreads && dynamic_smem_bytes() >= static_cast<uint32_t>(kPhaseBytes) &&
                   (t.dtype == MOE_DTYPE_TF32 || t.dtype == MOE_DTYPE_BF16) && (t.nb == 1 || t.nb == 2) &&
                   t.mrows >= 1 && t.mrows <= kTcTileM && t.k > 0 && t.k % 64 == 0 && t.ncols > 0 && t.ncols % 8 == 0 &&
-                  t.ncols <= kTcTileN / t.nb && t.a != 0 && t.b0 != 0 && (t.nb == 1 || t.b1 != 0) && t.out != 0;
+                  t.ncols <= kTcTileN / t.nb && t.a != 0 && t.b0 != 0 && (t.nb == 1 || t.b1 != 0) && t.out != 0 &&
+                  (reinterpret_cast<uintptr_t>(t.tmap) & (kTmapAlign - 1)) == 0;
   if (!ok) {
     if (threadIdx.x == 0 && t.status != 0) *reinterpret_cast<volatile uint32_t*>(t.status) = 2u;
     return;
@@ -208,7 +243,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(co
     if (t.nb == 2) tile_test_run<MmaTF32, 2>(t, phase); else tile_test_run<MmaTF32, 1>(t, phase);
   }
   __syncthreads();
-  if (threadIdx.x == 0 && t.status != 0) {
+  if (blockIdx.x == 0 && threadIdx.x == 0 && t.status != 0) {
     __threadfence();
     *reinterpret_cast<volatile uint32_t*>(t.status) = 1u;
   }

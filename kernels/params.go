@@ -12,7 +12,7 @@ import "unsafe"
 
 // Constants shared with params.h (TestConstantsMatchParamsH compares them).
 const (
-	ABIVersion = 3 // MOE_ABI_VERSION
+	ABIVersion = 4 // MOE_ABI_VERSION
 
 	Threads  = 256 // MOE_THREADS: threads per block
 	TileM    = 64  // MOE_TILE_M: rows (tokens) per fp32 GEMM tile; the smallest row tile of any mode
@@ -59,10 +59,23 @@ const (
 	WaitBarrier  = 3 // MOE_WAIT_BARRIER
 	WaitTask     = 4 // MOE_WAIT_TASK
 	WaitSlot     = 5 // MOE_WAIT_SLOT
+	WaitTMA      = 6 // MOE_WAIT_TMA: a tile's TMA loads did not land (the kernel traps)
 
 	FlagGateTC      = 1 // MOE_FLAG_GATE_TC: bf16 gate GEMM on tensor cores (three bf16 pieces of the gate weights)
 	FlagLocalGather = 2 // MOE_FLAG_LOCAL_GATHER: bf16 GEMM0 reads this rank's own rows from x (no dispatch copy)
+	FlagTMA         = 4 // MOE_FLAG_TMA: tf32/bf16 tiles load their stages with TMA from Params.TMap (opt-in: no faster)
 	FlagsDefault    = 3 // MOE_FLAGS_DEFAULT
+
+	// Tensor maps in Params.TMap (params.h MOE_TMAP_*): 16 words each.
+	TMapWords      = 16 // MOE_TMAP_WORDS
+	TMapRecv       = 0  // MOE_TMAP_RECV: received rows [W*rows_per_source][H], box rows TCTileM
+	TMapInter      = 1  // MOE_TMAP_INTER: intermediate [W*rows_per_source][I], box rows TCTileM
+	TMapW1         = 2  // MOE_TMAP_W1: W1^T [E/W*I][H], box rows TCTileN (swiglu: TMapSwiGLURows)
+	TMapWu         = 3  // MOE_TMAP_WU: Wu^T, as W1
+	TMapW2         = 4  // MOE_TMAP_W2: W2^T [E/W*H][I], box rows TCTileN
+	TMaps          = 5  // MOE_TMAPS
+	TMapSwiGLURows = 16 // MOE_TMAP_SWIGLU_ROWS
+	TileTMaps      = 3  // MOE_TILE_TMAPS: the tile test's A, B0, B1
 
 	GateTCGroup = 32 // MOE_GATE_TC_GROUP: experts per column group of the tensor-core gate
 	GateTCRows  = 96 // MOE_GATE_TC_ROWS: rows of gate_t per group (3 pieces x 32)
@@ -90,6 +103,7 @@ const (
 	ConvertName       = "moerun_tokens_bf16" // float32 tokens to bf16 on the device (Convert)
 	SymABIVersion     = "moerun_abi_version"
 	SymParamsSize     = "moerun_params_size"
+	SymPhaseBytes     = "moerun_phase_bytes"     // int: the cubin's MOE_PHASE_BYTES (its stage count may differ from TCStages)
 	SymNVSHMEMVersion = "moerun_nvshmem_version" // int[3]: major, minor, patch
 )
 
@@ -127,28 +141,30 @@ type Params struct {
 	OffSeq         uint64 `c:"off_seq"`
 	OffStatus      uint64 `c:"off_status"`
 
-	X           uint64 `c:"x"`
-	Out         uint64 `c:"out"`
-	Logits      uint64 `c:"logits"`
-	LogitsPart  uint64 `c:"logits_part"`
-	TopKIdx     uint64 `c:"topk_idx"`
-	TopKW       uint64 `c:"topk_w"`
-	GateW       uint64 `c:"gate_w"`
-	W1          uint64 `c:"w1"`
-	B1          uint64 `c:"b1"`
-	W2          uint64 `c:"w2"`
-	B2          uint64 `c:"b2"`
-	Wu          uint64 `c:"wu"`
-	Inter       uint64 `c:"inter"`
-	RouteList   uint64 `c:"route_list"`
-	RouteCount  uint64 `c:"route_count"`
-	Sched       uint64 `c:"sched"`
-	RTDesc      uint64 `c:"rt_desc"`
-	TileDone    uint64 `c:"tile_done"`
-	G1List      uint64 `c:"g1_list"`
-	GateT       uint64 `c:"gate_t"`
-	Trace       uint64 `c:"trace"`
-	TraceCounts uint64 `c:"trace_counts"`
+	X           uint64                    `c:"x"`
+	Out         uint64                    `c:"out"`
+	Logits      uint64                    `c:"logits"`
+	LogitsPart  uint64                    `c:"logits_part"`
+	TopKIdx     uint64                    `c:"topk_idx"`
+	TopKW       uint64                    `c:"topk_w"`
+	GateW       uint64                    `c:"gate_w"`
+	W1          uint64                    `c:"w1"`
+	B1          uint64                    `c:"b1"`
+	W2          uint64                    `c:"w2"`
+	B2          uint64                    `c:"b2"`
+	Wu          uint64                    `c:"wu"`
+	Inter       uint64                    `c:"inter"`
+	RouteList   uint64                    `c:"route_list"`
+	RouteCount  uint64                    `c:"route_count"`
+	Sched       uint64                    `c:"sched"`
+	RTDesc      uint64                    `c:"rt_desc"`
+	TileDone    uint64                    `c:"tile_done"`
+	G1List      uint64                    `c:"g1_list"`
+	GateT       uint64                    `c:"gate_t"`
+	Trace       uint64                    `c:"trace"`
+	TraceCounts uint64                    `c:"trace_counts"`
+	PadTMap     [6]uint64                 `c:"_pad_tmap"`
+	TMap        [TMaps * TMapWords]uint64 `c:"tmap"`
 }
 
 // Status mirrors MoeStatus, the block the kernel reports through.
@@ -197,17 +213,19 @@ type Sched struct {
 // TileTest mirrors MoeTileTest, the argument of the debug entry
 // moerun_tile_test (one tensor-core tile against a host reference).
 type TileTest struct {
-	DType  int32  `c:"dtype"`
-	NB     int32  `c:"nb"`
-	MRows  int32  `c:"mrows"`
-	NCols  int32  `c:"ncols"`
-	K      int32  `c:"k"`
-	Pad0   int32  `c:"_pad0"`
-	A      uint64 `c:"a"`
-	B0     uint64 `c:"b0"`
-	B1     uint64 `c:"b1"`
-	Out    uint64 `c:"out"`
-	Status uint64 `c:"status"`
+	DType   int32                         `c:"dtype"`
+	NB      int32                         `c:"nb"`
+	MRows   int32                         `c:"mrows"`
+	NCols   int32                         `c:"ncols"`
+	K       int32                         `c:"k"`
+	Pad0    int32                         `c:"_pad0"`
+	A       uint64                        `c:"a"`
+	B0      uint64                        `c:"b0"`
+	B1      uint64                        `c:"b1"`
+	Out     uint64                        `c:"out"`
+	Status  uint64                        `c:"status"`
+	PadTMap [8]uint64                     `c:"_pad_tmap"`
+	TMap    [TileTMaps * TMapWords]uint64 `c:"tmap"`
 }
 
 // Convert mirrors MoeConvert, the argument of moerun_tokens_bf16.

@@ -17,7 +17,7 @@
 
 /* Bumped whenever a struct or constant below changes meaning; the kernel
  * exports it (moerun_abi_version) and the host refuses a cubin that differs. */
-#define MOE_ABI_VERSION 3
+#define MOE_ABI_VERSION 4
 
 /* Block shape and tiles. The host needs kThreads (launch), the tile sizes
  * (task counts, row-tile bounds of the heap plan) and the limits. */
@@ -32,7 +32,9 @@
 #define MOE_TC_TILE_M 128
 #define MOE_TC_TILE_N 128
 #define MOE_TC_K_BYTES 128
-#define MOE_TC_STAGES 3
+#ifndef MOE_TC_STAGES
+#define MOE_TC_STAGES 3 /* a build may set another (-DMOE_TC_STAGES=N); the cubin exports its phase size */
+#endif
 /* Dynamic shared memory of every block (the phase buffer that GEMM stages,
  * epilogue staging and prefix tables share). tf32/bf16: the tensor-core
  * stages plus 1 KB (row slots) plus MOE_PHASE_ALIGN (the kernel aligns the
@@ -87,6 +89,7 @@
 #define MOE_WAIT_BARRIER 3  /* in-kernel grid barrier (a block of this grid) */
 #define MOE_WAIT_TASK 4     /* processor waiting for work (backstop) */
 #define MOE_WAIT_SLOT 5     /* processor waiting for a GEMM1 queue slot */
+#define MOE_WAIT_TMA 6      /* a tensor-core tile waiting for its TMA loads (the kernel traps) */
 
 /* MoeParams.flags: switches of the serial phases (the host sets
  * MOE_FLAGS_DEFAULT; the old paths stay for comparison and as fallbacks).
@@ -96,10 +99,39 @@
  *   accuracy. Without it (and in fp32/tf32 mode): the fp32 SIMT gate.
  * LOCAL_GATHER: bf16 mode only: rows routed to this rank's own experts are
  *   not copied by the dispatch; GEMM0 reads them from x by token (the same
- *   bytes, so the results are bitwise those of the copy). */
+ *   bytes, so the results are bitwise those of the copy).
+ * TMA: tf32/bf16: the tensor-core tiles load their stages with TMA
+ *   (cp.async.bulk.tensor, one thread issuing, mbarriers per stage) from the
+ *   tensor maps in MoeParams.tmap, which the host encodes; without it every
+ *   thread copies with cp.async. Not in the default: measured no faster
+ *   (docs/benchmarks.md, "TMA loads"). */
 #define MOE_FLAG_GATE_TC 1
 #define MOE_FLAG_LOCAL_GATHER 2
+#define MOE_FLAG_TMA 4
 #define MOE_FLAGS_DEFAULT 3
+
+/* Tensor maps (CUtensorMap, 128 bytes = MOE_TMAP_WORDS u64, 128-byte
+ * aligned as cuda.h 13 declares it) in MoeParams.tmap, by index. Each
+ * describes a row-major matrix of the storage dtype with K contiguous,
+ * SWIZZLE_128B, a box of 128 bytes of K (64 bf16 / 32 fp32) by the rows given:
+ *   RECV  received rows [W * rows_per_source][H], box rows MOE_TC_TILE_M;
+ *   INTER intermediate [W * rows_per_source][I], box rows MOE_TC_TILE_M;
+ *   W1, WU transposed [E/W * I][H], box rows MOE_TC_TILE_N, or 16 for swiglu
+ *         (the tile interleaves the two operands by 16 rows);
+ *   W2    transposed [E/W * H][I], box rows MOE_TC_TILE_N.
+ * The bf16 LOCAL_GATHER tiles (own rows read from x by token) keep the
+ * cp.async loader: a TMA box of one row is not swizzled by its row. */
+#define MOE_TMAP_WORDS 16
+#define MOE_TMAP_RECV 0
+#define MOE_TMAP_INTER 1
+#define MOE_TMAP_W1 2
+#define MOE_TMAP_WU 3
+#define MOE_TMAP_W2 4
+#define MOE_TMAPS 5
+#define MOE_TMAP_SWIGLU_ROWS 16
+/* The tile test's maps: A, B0, B1 (box rows MOE_TC_TILE_M, MOE_TC_TILE_N, and
+ * MOE_TMAP_SWIGLU_ROWS for both B operands of nb = 2). */
+#define MOE_TILE_TMAPS 3
 
 /* Gate of the GATE_TC path: experts per column group; gate_t holds, per
  * group, MOE_GATE_TC_ROWS = 3 x MOE_GATE_TC_GROUP rows of H bf16 (the three
@@ -182,6 +214,8 @@ typedef struct MoeParams {
     uint64_t gate_t;      /* bf16 [ceil(E/32)][96][H]: gate pieces (flags & GATE_TC, bf16), else 0 */
     uint64_t trace;       /* 0: no trace; else [grid][trace_cap] MoeTraceEvent, block-major */
     uint64_t trace_counts;/* [grid] u32: events each block recorded, dropped ones included */
+    uint64_t _pad_tmap[6];/* tmap starts 128-byte aligned (the kernel's argument is declared so) */
+    uint64_t tmap[MOE_TMAPS * MOE_TMAP_WORDS]; /* flags & TMA, tf32/bf16: CUtensorMap by MOE_TMAP_* */
 } MoeParams;
 
 /* Status block (in the symmetric heap at off_status; the host reads it after
@@ -238,7 +272,8 @@ typedef struct MoeSched {
  * (swiglu's paired operands, 64 output columns) columns 0..63 hold A.b0^T,
  * 64..127 hold A.b1^T. A launch with 256 threads and MOE_PHASE_BYTES of
  * dynamic shared memory; status = 1 when done, 2 when it refused its
- * arguments. */
+ * arguments. A grid of several blocks measures the tile's throughput: every
+ * block computes the same tile, block 0 writes out and status. */
 typedef struct MoeTileTest {
     int32_t dtype;   /* MOE_DTYPE_TF32 or MOE_DTYPE_BF16 */
     int32_t nb;      /* 1, or 2 (paired B operands) */
@@ -251,6 +286,8 @@ typedef struct MoeTileTest {
     uint64_t b1;     /* [ncols][k] storage dtype (nb 2), else 0 */
     uint64_t out;    /* [MOE_TC_TILE_M][128] f32 */
     uint64_t status; /* u32 */
+    uint64_t _pad_tmap[8]; /* tmap starts 128-byte aligned */
+    uint64_t tmap[MOE_TILE_TMAPS * MOE_TMAP_WORDS]; /* all zero: cp.async loader; else maps of A, B0, B1 */
 } MoeTileTest;
 
 /* Argument of moerun_tokens_bf16: converts n float32 tokens at src to bf16

@@ -22,8 +22,12 @@
 #   gotest   the GPU Go tests (bin/gpubackend.test: the tile alone against
 #            float64, forwards in every dtype, graph, trace, layers)
 #   ab       the same paper-shape bench with each cubin of CUBINS (default: the
-#            embedded one and build/head/moerun.cubin), twice each, W GPUs: a
-#            kernel change measured against its baseline in one call
+#            embedded one and build/head/moerun.cubin) and each kernel flag set
+#            of KFLAGS (MOERUN_KERNEL_FLAGS; default: the kernel's own), twice
+#            each, W GPUs: a kernel change measured against its baseline in
+#            one call
+#   profile  scripts/profile.sh (ncu of one forward on one GPU) for the first
+#            of DTYPES, TOKENS (8192), each flag set of KFLAGS
 #
 # Needs: bin/moerun (make build), build/driver and build/moerun.cubin for
 # driver, build/libmoerun.so for python. Settings: STEPS, W (default: every
@@ -110,16 +114,21 @@ for s in $STEPS; do
   ab)
     for rep in 1 2; do
       for cb in ${CUBINS:-embedded build/head/moerun.cubin}; do
-        name=$(basename "$(dirname "$cb")")
-        [ "$cb" = embedded ] && name=new
-        args=()
-        [ "$cb" = embedded ] || args=(--cubin "$PWD/$cb")
-        step "ab_${name}_$rep" 300 "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${paper[@]}" \
-          --tokens "${TOKENS:-128,8192}" --dtype "$DTYPES" --iters 30 --warmup 5 --verify --json "$LOGDIR/ab/${name}_$rep.json" $EXTRA
-        grep -E '^ +[0-9]+ +[0-9]+ ' "$LOGDIR/ab_${name}_$rep.log" | sed "s/^/  [$name $rep] /" | tee -a "$LOGDIR/ab.txt"
+        for kf in ${KFLAGS:-default}; do
+          name=$(basename "$(dirname "$cb")")
+          [ "$cb" = embedded ] && name=new
+          args=()
+          [ "$cb" = embedded ] || args=(--cubin "$PWD/$cb")
+          envs=()
+          [ "$kf" = default ] || { envs=(MOERUN_KERNEL_FLAGS="$kf"); name="${name}_f$kf"; }
+          step "ab_${name}_$rep" 300 env "${envs[@]}" "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${paper[@]}" \
+            --tokens "${TOKENS:-128,8192}" --dtype "$DTYPES" --iters 30 --warmup 5 --verify --json "$LOGDIR/ab/${name}_$rep.json" $EXTRA
+          grep -E '^ +[0-9]+ +[0-9]+ ' "$LOGDIR/ab_${name}_$rep.log" | sed "s/^/  [$name $rep] /" | tee -a "$LOGDIR/ab.txt"
+        done
       done
     done ;;
-  *) echo "device-session: unknown step $s (soak driver check python bench compare weak gotest ab)"; exit 2 ;;
+  profile) step profile 600 env DTYPE="${DTYPES%%,*}" TOKENS="${TOKENS:-8192}" KFLAGS="${KFLAGS:-default}" scripts/profile.sh ;;
+  *) echo "device-session: unknown step $s (soak driver check python bench compare weak trace sweep gotest ab profile)"; exit 2 ;;
   esac
 done
 

@@ -103,5 +103,9 @@ func (t tracedGPU) PhaseSummary() string {
 	if n := t.TraceDropped(); n > 0 {
 		fmt.Fprintf(&b, " (%d events dropped)", n)
 	}
-	return b.String() + " (µs from kernel start)"
+	b.WriteString(" (µs from kernel start)")
+	if ts := gpubackend.TaskStats(evs); ts != "" {
+		b.WriteString("; tasks: " + ts)
+	}
+	return b.String()
 }

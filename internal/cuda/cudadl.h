@@ -33,6 +33,16 @@ typedef int CUstreamCaptureMode;  // enum CUstreamCaptureMode_enum
 typedef struct CUuuid_st {
 	char bytes[16];
 } CUuuid;
+typedef uint32_t cuuint32_t;
+typedef uint64_t cuuint64_t;
+typedef struct CUtensorMap_st {
+	_Alignas(128) cuuint64_t opaque[16];
+} CUtensorMap;
+typedef int CUtensorMapDataType;    // enum CUtensorMapDataType_enum
+typedef int CUtensorMapInterleave;  // enum CUtensorMapInterleave_enum
+typedef int CUtensorMapSwizzle;     // enum CUtensorMapSwizzle_enum
+typedef int CUtensorMapL2promotion; // enum CUtensorMapL2promotion_enum
+typedef int CUtensorMapFloatOOBfill; // enum CUtensorMapFloatOOBfill_enum
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
 #define CUDA_ERROR_OUT_OF_MEMORY 2
@@ -104,6 +114,12 @@ typedef CUresult (*pfn_cuLaunchKernel)(CUfunction, unsigned int, unsigned int, u
 typedef CUresult (*pfn_cuLaunchCooperativeKernel)(CUfunction, unsigned int, unsigned int,
                                                   unsigned int, unsigned int, unsigned int,
                                                   unsigned int, unsigned int, CUstream, void **);
+
+// Tensor maps (TMA descriptors; CUDA 12.0 and newer).
+typedef CUresult (*pfn_cuTensorMapEncodeTiled)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                              const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                              const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                              CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 
 // Graphs.
 typedef CUresult (*pfn_cuStreamBeginCapture_v2)(CUstream, CUstreamCaptureMode);
@@ -325,6 +341,26 @@ static inline CUresult mr_cuOccupancyMaxActiveBlocksPerMultiprocessor(void *f, i
                                                                       int block, size_t smem) {
 	return ((pfn_cuOccupancyMaxActiveBlocksPerMultiprocessor)f)(n, MR_H(CUfunction, fn), block,
 	                                                            smem);
+}
+
+// mr_cuTensorMapEncodeTiled encodes a 2-D map (dims/strides/box as
+// cuTensorMapEncodeTiled takes them, element strides 1) into out16, the
+// map's 16 words, from an aligned local: Go memory carries no 64-byte
+// alignment guarantee.
+static inline CUresult mr_cuTensorMapEncodeTiled2D(void *f, uint64_t *out16, int dtype, CUdeviceptr addr,
+                                                   const uint64_t *dims, uint64_t stride1,
+                                                   const uint32_t *box, int swizzle, int l2promo) {
+	CUtensorMap m;
+	memset(&m, 0, sizeof m);
+	cuuint64_t d[2] = {dims[0], dims[1]};
+	cuuint64_t st[1] = {stride1};
+	cuuint32_t b[2] = {box[0], box[1]};
+	cuuint32_t es[2] = {1, 1};
+	CUresult r = ((pfn_cuTensorMapEncodeTiled)f)(&m, (CUtensorMapDataType)dtype, 2, (void *)(uintptr_t)addr, d, st,
+	                                              b, es, (CUtensorMapInterleave)0, (CUtensorMapSwizzle)swizzle,
+	                                              (CUtensorMapL2promotion)l2promo, (CUtensorMapFloatOOBfill)0);
+	memcpy(out16, &m, sizeof m);
+	return r;
 }
 
 // mr_launch launches fn with a single by-value argument: the n bytes at arg

@@ -102,6 +102,7 @@ const (
 	symOccupancyMaxActiveBlocksPerMultiprocessor
 	symLaunchKernel
 	symLaunchCooperativeKernel
+	symTensorMapEncodeTiled
 	symStreamBeginCapture
 	symStreamEndCapture
 	symGraphInstantiate
@@ -197,12 +198,15 @@ var symbols = [numSyms]symbolSpec{
 	symOccupancyMaxActiveBlocksPerMultiprocessor: req("cuOccupancyMaxActiveBlocksPerMultiprocessor"),
 	symLaunchKernel:            req("cuLaunchKernel"),
 	symLaunchCooperativeKernel: req("cuLaunchCooperativeKernel"),
-	symStreamBeginCapture:      req("cuStreamBeginCapture", "cuStreamBeginCapture_v2"),
-	symStreamEndCapture:        req("cuStreamEndCapture"),
-	symGraphInstantiate:        req("cuGraphInstantiate", "cuGraphInstantiateWithFlags"),
-	symGraphLaunch:             req("cuGraphLaunch"),
-	symGraphDestroy:            req("cuGraphDestroy"),
-	symGraphExecDestroy:        req("cuGraphExecDestroy"),
+	// CUDA 12.0 and newer: the kernel's TMA loads need it; without it the
+	// backend keeps the cp.async loader.
+	symTensorMapEncodeTiled: opt("cuTensorMapEncodeTiled"),
+	symStreamBeginCapture:   req("cuStreamBeginCapture", "cuStreamBeginCapture_v2"),
+	symStreamEndCapture:     req("cuStreamEndCapture"),
+	symGraphInstantiate:     req("cuGraphInstantiate", "cuGraphInstantiateWithFlags"),
+	symGraphLaunch:          req("cuGraphLaunch"),
+	symGraphDestroy:         req("cuGraphDestroy"),
+	symGraphExecDestroy:     req("cuGraphExecDestroy"),
 }
 
 // Driver is an opened CUDA driver library. Its methods are safe for concurrent

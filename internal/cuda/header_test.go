@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // cudaInclude finds a directory holding the real cuda.h: $MOERUN_CUDA_INCLUDE,
@@ -104,6 +105,12 @@ func TestPrototypesMatchCudaH(t *testing.T) {
 		{1, "CU_STREAM_NON_BLOCKING"}, // StreamCreate(true)
 		{8, "sizeof(CUdeviceptr)"},
 		{16, "sizeof(CUuuid)"},
+		{int64(TensorFloat32), "CU_TENSOR_MAP_DATA_TYPE_FLOAT32"},
+		{int64(TensorBFloat16), "CU_TENSOR_MAP_DATA_TYPE_BFLOAT16"},
+		{tensorSwizzle128B, "CU_TENSOR_MAP_SWIZZLE_128B"},
+		{tensorL2Promote256B, "CU_TENSOR_MAP_L2_PROMOTION_L2_256B"},
+		{int64(unsafe.Sizeof(TensorMap{})), "sizeof(CUtensorMap)"},
+		{128, "_Alignof(CUtensorMap)"},
 		{4, "sizeof(CUresult)"},
 		{4, "sizeof(CUdevice)"},
 	}

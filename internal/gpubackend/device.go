@@ -236,6 +236,9 @@ func (b *Backend) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr,
 	}
 	p := b.paramsFor(cfg, l.wp)
 	p.Trace, p.TraceCounts, p.TraceCap = 0, 0, 0
+	if err := b.setTMaps(&p, cfg); err != nil {
+		return tm, err
+	}
 	if err := b.launch(cfg.DType, p.Bytes(), s); err != nil {
 		b.broken = fmt.Errorf("kernel launch failed: %w", err)
 		return tm, b.broken

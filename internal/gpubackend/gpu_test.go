@@ -255,14 +255,16 @@ func TestForwardOneRank(t *testing.T) {
 				{NB: 2, MRows: 33, NCols: 64, K: 320}, {NB: 2, MRows: 128, NCols: 16, K: 64},
 				{NB: 1, MRows: 128, NCols: 96, K: 512}, {NB: 1, MRows: 5, NCols: 96, K: 192}, // the tensor-core gate's shape
 			} {
-				tc.DType, tc.Seed = d, seed
-				seed++
-				r, err := b.TileCheck(tc)
-				if err != nil {
-					t.Error(err)
-					continue
+				for _, tma := range []bool{false, true} {
+					tc.DType, tc.Seed, tc.TMA = d, seed, tma
+					seed++
+					r, err := b.TileCheck(tc)
+					if err != nil {
+						t.Error(err)
+						continue
+					}
+					t.Logf("tile %s: max rel. error %.2g over %d elements, %d zero pads, %v", tc, r.MaxErr, r.Checked, r.ZeroPads, r.Elapsed)
 				}
-				t.Logf("tile %s: max rel. error %.2g over %d elements, %d zero pads, %v", tc, r.MaxErr, r.Checked, r.ZeroPads, r.Elapsed)
 			}
 		}
 	})
@@ -914,5 +916,45 @@ func deviceForwardCase(t *testing.T, b *Backend, id int, c config.Layer, want []
 	// A host forward after device forwards waits for them and still works.
 	if _, err := b.ForwardLayer(id, c, x); err != nil {
 		t.Fatalf("host forward after device forwards: %v", err)
+	}
+}
+
+// TestTileThroughput runs the tensor-core tile alone on every SM (each block
+// the same 128 x 128 tile over a long K, its operands in L2) with both
+// loaders and one and two blocks per SM, checks block 0's tile against
+// float64 and logs the rate: what the GEMM mainloop reaches without the
+// forward's scheduling, epilogue and memory traffic. Figures only; no
+// timing is asserted.
+func TestTileThroughput(t *testing.T) {
+	needHopper(t)
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b := openOneRank(t)
+	defer closeBackend(t, b)
+	k := b.Kernel()
+	const K = 16384
+	seed := uint64(100)
+	for _, d := range []config.DType{config.BF16, config.TF32} {
+		for _, perSM := range []int{1, k.BlocksPerSM} {
+			for _, tma := range []bool{false, true} {
+				tc := TileCase{DType: d, NB: 1, MRows: 128, NCols: 128, K: K, Seed: seed, TMA: tma, Grid: perSM * k.SMs}
+				seed++
+				var best time.Duration
+				for rep := 0; rep < 3; rep++ { // the first launch warms the operands into L2
+					r, err := b.TileCheck(tc)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if rep == 0 || r.Elapsed < best {
+						best = r.Elapsed
+					}
+				}
+				flop := float64(tc.Grid) * 2 * kernels.TCTileM * kernels.TCTileN * K
+				t.Logf("tile throughput %s (%d blocks/SM): %.1f TFLOP/s (%v, best of 3)", tc, perSM, flop/best.Seconds()/1e12, best)
+			}
+		}
 	}
 }

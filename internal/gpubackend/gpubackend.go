@@ -71,10 +71,10 @@ type Options struct {
 	Log   zerolog.Logger
 }
 
-// EnvKernelFlags, when set (an integer), replaces the kernel's switches of
-// the serial phases (kernels.Flag*, default kernels.FlagsDefault): 0 runs the
-// previous paths (fp32 SIMT gate, every row copied by the dispatch), for
-// comparisons.
+// EnvKernelFlags, when set (an integer), replaces the kernel's switches
+// (kernels.Flag*, default kernels.FlagsDefault): 0 runs the previous paths
+// (fp32 SIMT gate, every row copied by the dispatch), 4 adds the TMA tile
+// loads (kernels.FlagTMA, opt-in), for comparisons.
 const EnvKernelFlags = "MOERUN_KERNEL_FLAGS"
 
 // KernelInfo describes the loaded kernel and its launch geometry.
@@ -82,7 +82,7 @@ type KernelInfo struct {
 	Registers   int    // per thread
 	LocalBytes  int    // local memory per thread (stack; spills would show here)
 	StaticSmem  int    // bytes per block
-	DynamicSmem int    // bytes per block of a tf32/bf16 launch (kernels.PhaseBytes; fp32: SIMTPhaseBytes); sizes the grid
+	DynamicSmem int    // bytes per block of a tf32/bf16 launch (the cubin's; kernels.PhaseBytes by default; fp32: SIMTPhaseBytes); sizes the grid
 	Threads     int    // per block
 	BlocksPerSM int    // occupancy API
 	SMs         int    // multiprocessors of the device
@@ -219,9 +219,10 @@ func (b *Backend) preflight(localRank int) ([]byte, kernels.CubinInfo, error) {
 	var ci kernels.CubinInfo
 	if v, ok := os.LookupEnv(EnvKernelFlags); ok && v != "" {
 		f, perr := strconv.ParseInt(v, 0, 32)
-		if perr != nil || f < 0 || f > kernels.FlagsDefault {
-			return nil, ci, fmt.Errorf("%s=%q: want an integer in 0..%d (bits: %d tensor-core gate, %d local gather)",
-				EnvKernelFlags, v, kernels.FlagsDefault, kernels.FlagGateTC, kernels.FlagLocalGather)
+		const all = kernels.FlagGateTC | kernels.FlagLocalGather | kernels.FlagTMA
+		if perr != nil || f < 0 || f > all {
+			return nil, ci, fmt.Errorf("%s=%q: want an integer in 0..%d (bits: %d tensor-core gate, %d local gather, %d TMA loads; default %d)",
+				EnvKernelFlags, v, all, kernels.FlagGateTC, kernels.FlagLocalGather, kernels.FlagTMA, kernels.FlagsDefault)
 		}
 		b.flags = int32(f)
 	}
@@ -229,6 +230,12 @@ func (b *Backend) preflight(localRank int) ([]byte, kernels.CubinInfo, error) {
 		return nil, ci, fmt.Errorf("%d ranks: the kernel supports at most %d", b.world, kernels.MaxWorld)
 	}
 	drv, err := cuda.Load()
+	if err == nil && b.flags&kernels.FlagTMA != 0 && !drv.CanEncodeTensorMaps() {
+		// A driver older than CUDA 12.0 cannot describe the TMA loads: keep
+		// the cp.async loader (slower, same results).
+		b.flags &^= kernels.FlagTMA
+		b.log.Warn().Str("driver", drv.Path()).Msg("the CUDA driver has no cuTensorMapEncodeTiled: tensor-core tiles load with cp.async")
+	}
 	if err != nil {
 		return nil, ci, fmt.Errorf("GPU backend needs the CUDA driver: %w", err)
 	}
@@ -356,16 +363,18 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 	if b.convFn, err = d.ModuleGetFunction(mod, kernels.ConvertName); err != nil {
 		b.convFn, b.convErr = 0, err
 	}
-	// Every block takes PhaseBytes of dynamic shared memory (above the 48 KB
-	// that needs no opt-in).
+	// Every block takes the cubin's phase bytes of dynamic shared memory
+	// (above the 48 KB that needs no opt-in; kernels.PhaseBytes unless the
+	// cubin was built with another stage count).
+	phase := ci.PhaseBytes
 	if optin, err := d.Attribute(b.dev, cuda.AttrMaxSharedMemoryPerBlockOptin); err != nil {
 		return err
-	} else if optin < kernels.PhaseBytes {
-		return fmt.Errorf("GPU %d (%s) allows %d bytes of shared memory per block; the kernel needs %d", b.ordinal, b.card, optin, kernels.PhaseBytes)
+	} else if optin < phase {
+		return fmt.Errorf("GPU %d (%s) allows %d bytes of shared memory per block; the kernel needs %d", b.ordinal, b.card, optin, phase)
 	}
 	for _, f := range []cuda.Function{b.fn, b.tileFn} {
-		if err := d.FuncSetAttribute(f, cuda.FuncMaxDynamicSharedSizeBytes, kernels.PhaseBytes); err != nil {
-			return fmt.Errorf("allow %d bytes of dynamic shared memory: %w", kernels.PhaseBytes, err)
+		if err := d.FuncSetAttribute(f, cuda.FuncMaxDynamicSharedSizeBytes, phase); err != nil {
+			return fmt.Errorf("allow %d bytes of dynamic shared memory: %w", phase, err)
 		}
 	}
 	// The module's own globals must say what the image said.
@@ -389,8 +398,8 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 		return err
 	}
 	info.Threads = kernels.Threads
-	info.DynamicSmem = kernels.PhaseBytes
-	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(b.fn, kernels.Threads, kernels.PhaseBytes); err != nil {
+	info.DynamicSmem = phase
+	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(b.fn, kernels.Threads, uint64(phase)); err != nil {
 		return err
 	}
 	if info.SMs, err = d.Attribute(b.dev, cuda.AttrMultiprocessorCount); err != nil {
@@ -896,6 +905,9 @@ func (b *Backend) takeStaged(cfg config.Layer) ([]byte, cuda.GraphExec, error) {
 		return nil, 0, err
 	}
 	p := b.paramsFor(cfg, l.wp)
+	if err := b.setTMaps(&p, cfg); err != nil {
+		return nil, 0, err
+	}
 	arg := p.Bytes()
 	var exec cuda.GraphExec
 	if b.opt.Graph {
@@ -969,13 +981,13 @@ func (b *Backend) finishTiming(tm *backend.Timing) error {
 func (b *Backend) launch(d config.DType, arg []byte, s cuda.Stream) error {
 	grid := [3]uint32{uint32(b.info.Grid), 1, 1}
 	block := [3]uint32{kernels.Threads, 1, 1}
-	return b.drv.LaunchCooperative(b.fn, grid, block, phaseBytes(d), s, arg)
+	return b.drv.LaunchCooperative(b.fn, grid, block, b.phaseBytes(d), s, arg)
 }
 
 // phaseBytes is the dynamic shared memory of a launch in mode d.
-func phaseBytes(d config.DType) uint32 {
+func (b *Backend) phaseBytes(d config.DType) uint32 {
 	if tensorCore(d) {
-		return kernels.PhaseBytes
+		return uint32(b.info.DynamicSmem)
 	}
 	return kernels.SIMTPhaseBytes
 }

@@ -21,10 +21,19 @@ type TileCase struct {
 	NCols int          // valid output columns per operand: NB 1: 8..128, NB 2: 8..64 (multiples of 8)
 	K     int          // multiple of 64
 	Seed  uint64
+	TMA   bool // load the stages with TMA (kernels.FlagTMA), else with cp.async
+	// Grid > 1 launches that many blocks, each computing the same tile (its
+	// operands stay in L2): the tile's own throughput, without the forward's
+	// scheduling and epilogue stores. Block 0's output is checked.
+	Grid int
 }
 
 func (c TileCase) String() string {
-	return fmt.Sprintf("%s nb=%d mrows=%d ncols=%d k=%d", c.DType, c.NB, c.MRows, c.NCols, c.K)
+	loader := "cp.async"
+	if c.TMA {
+		loader = "tma"
+	}
+	return fmt.Sprintf("%s nb=%d mrows=%d ncols=%d k=%d %s grid=%d", c.DType, c.NB, c.MRows, c.NCols, c.K, loader, max(c.Grid, 1))
 }
 
 // TileReport is what TileCheck measured.
@@ -60,7 +69,7 @@ func (b *Backend) TileCheck(c TileCase) (TileReport, error) {
 	}
 	outCols := kernels.TCTileN / max(c.NB, 1)
 	if (c.NB != 1 && c.NB != 2) || c.MRows < 1 || c.MRows > kernels.TCTileM || c.NCols < 8 || c.NCols%8 != 0 ||
-		c.NCols > outCols || c.K < 64 || c.K%64 != 0 {
+		c.NCols > outCols || c.K < 64 || c.K%64 != 0 || c.Grid < 0 || c.Grid > 1<<16 {
 		return rep, fmt.Errorf("tile check %s: shape out of range", c)
 	}
 	d := b.drv
@@ -128,6 +137,24 @@ func (b *Backend) TileCheck(c TileCase) (TileReport, error) {
 	if c.NB == 2 {
 		arg.B1 = base + offB1
 	}
+	if c.TMA {
+		// The kernel's maps of these operands (kernelTMaps): A by row tile,
+		// B by column tile or, paired, by 16 rows.
+		bbox := uint32(kernels.TCTileN)
+		if c.NB == 2 {
+			bbox = kernels.TMapSwiGLURows
+		}
+		specs := []tmapSpec{{"tile A", 0, arg.A, uint64(c.K), uint64(c.MRows), kernels.TCTileM},
+			{"tile B0", 1, arg.B0, uint64(c.K), uint64(c.NCols), bbox}}
+		if c.NB == 2 {
+			specs = append(specs, tmapSpec{"tile B1", 2, arg.B1, uint64(c.K), uint64(c.NCols), bbox})
+		}
+		for _, s := range specs {
+			if err := b.encodeTMap(arg.TMap[s.index*kernels.TMapWords:(s.index+1)*kernels.TMapWords], c.DType, s); err != nil {
+				return rep, fmt.Errorf("tile check %s: %w", c, err)
+			}
+		}
+	}
 	// The copies and memsets above ran on the legacy stream, which the
 	// backend's non-blocking stream does not wait for.
 	if err := d.CtxSynchronize(); err != nil {
@@ -136,7 +163,7 @@ func (b *Backend) TileCheck(c TileCase) (TileReport, error) {
 	if err := d.EventRecord(b.evStart, b.stream); err != nil {
 		return rep, err
 	}
-	if err := d.LaunchKernel(b.tileFn, [3]uint32{1, 1, 1}, [3]uint32{kernels.Threads, 1, 1}, kernels.PhaseBytes, b.stream, arg.Bytes()); err != nil {
+	if err := d.LaunchKernel(b.tileFn, [3]uint32{uint32(max(c.Grid, 1)), 1, 1}, [3]uint32{kernels.Threads, 1, 1}, uint32(b.info.DynamicSmem), b.stream, arg.Bytes()); err != nil {
 		return rep, fmt.Errorf("tile check %s: launch: %w", c, err)
 	}
 	if err := d.EventRecord(b.evEnd, b.stream); err != nil {

@@ -327,3 +327,45 @@ func WriteChromeTrace(w io.Writer, rank int, events []TraceEvent) error {
 	bw.WriteString("\n]}\n")
 	return bw.Flush()
 }
+
+// TaskStats summarises the expert tasks of a trace in one line: for GEMM0
+// and GEMM1 the count and the median, mean and 90th percentile of a task's
+// duration, and the gap between a block's task and its next one (the
+// epilogue's tail is inside the task; the gap is the wait for and handing
+// out of the next task). Times in microseconds. "" when there are no tasks.
+func TaskStats(events []TraceEvent) string {
+	type blockKey struct{ rank, block int }
+	durs := map[TraceKind][]float64{}
+	byBlock := map[blockKey][]TraceEvent{}
+	for _, e := range events {
+		if e.Kind != TraceGEMM0 && e.Kind != TraceGEMM1 {
+			continue
+		}
+		durs[e.Kind] = append(durs[e.Kind], float64(e.End-e.Start)/1e3)
+		k := blockKey{e.Rank, e.Block}
+		byBlock[k] = append(byBlock[k], e)
+	}
+	if len(byBlock) == 0 {
+		return ""
+	}
+	var gaps []float64
+	for _, evs := range byBlock {
+		sort.Slice(evs, func(i, j int) bool { return evs[i].Start < evs[j].Start })
+		for i := 1; i < len(evs); i++ {
+			gaps = append(gaps, float64(evs[i].Start-evs[i-1].End)/1e3)
+		}
+	}
+	stat := func(v []float64) string {
+		if len(v) == 0 {
+			return "n=0"
+		}
+		sort.Float64s(v)
+		sum := 0.0
+		for _, x := range v {
+			sum += x
+		}
+		q := func(f float64) float64 { return v[min(len(v)-1, int(f*float64(len(v))))] }
+		return fmt.Sprintf("n=%d p50 %.1f mean %.1f p90 %.1f", len(v), q(0.5), sum/float64(len(v)), q(0.9))
+	}
+	return fmt.Sprintf("gemm0 %s; gemm1 %s; gap %s (µs, %d blocks)", stat(durs[TraceGEMM0]), stat(durs[TraceGEMM1]), stat(gaps), len(byBlock))
+}

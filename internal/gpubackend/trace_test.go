@@ -67,3 +67,24 @@ func TestDecodeTraceAndPhases(t *testing.T) {
 		t.Errorf("gemm0 entry %+v", last)
 	}
 }
+
+// Task durations by kind and the gaps between a block's consecutive tasks,
+// whatever the order of the events.
+func TestTaskStatsDurationsAndGaps(t *testing.T) {
+	us := time.Microsecond
+	evs := []TraceEvent{
+		{Block: 1, Kind: TraceGEMM1, Start: 30 * us, End: 50 * us},
+		{Block: 0, Kind: TraceGEMM0, Start: 0, End: 10 * us},
+		{Block: 0, Kind: TraceGEMM0, Start: 12 * us, End: 22 * us},
+		{Block: 1, Kind: TraceGEMM0, Start: 0, End: 26 * us},
+		{Block: 0, Kind: TraceCombine, Start: 60 * us, End: 70 * us},
+	}
+	got := TaskStats(evs)
+	want := "gemm0 n=3 p50 10.0 mean 15.3 p90 26.0; gemm1 n=1 p50 20.0 mean 20.0 p90 20.0; gap n=2 p50 4.0 mean 3.0 p90 4.0 (µs, 2 blocks)"
+	if got != want {
+		t.Errorf("TaskStats:\n got %s\nwant %s", got, want)
+	}
+	if s := TaskStats(evs[4:]); s != "" {
+		t.Errorf("no tasks: %q, want empty", s)
+	}
+}
