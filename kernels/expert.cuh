@@ -56,9 +56,9 @@ __device__ __forceinline__ int g1_col_tiles(const MoeParams& p) {
   return (p.hidden + w - 1) / w;
 }
 
-// Generic address of the launch's tensor map i (MOE_TMAP_*), or 0 (the
-// cp.async loader) without MOE_FLAG_TMA. The maps live in the kernel's
-// argument, in parameter space (__grid_constant__).
+// Generic address of the launch's tensor map i (MOE_TMAP_*; a GEMM's B maps
+// follow its A map), or 0 (the cp.async loader) without MOE_FLAG_TMA. The
+// maps live in the kernel's argument, in parameter space (__grid_constant__).
 __device__ __forceinline__ uint64_t tmap_of(const MoeParams& p, int i) {
   return (p.flags & MOE_FLAG_TMA) != 0 ? reinterpret_cast<uint64_t>(&p.tmap[i * MOE_TMAP_WORDS]) : 0;
 }
@@ -408,12 +408,9 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
   g.ldb = H;
   g.ncols = min(kW, I - n0);
   g.K = H;
-  g.amap = tmap_of(p, MOE_TMAP_RECV);
+  g.tmap = tmap_of(p, MOE_TMAP_RECV);  // then W1, Wu
   g.arow0 = static_cast<int>(grow);
-  g.bmap[0] = tmap_of(p, MOE_TMAP_W1);
-  if (NB == 2) g.bmap[NB - 1] = tmap_of(p, MOE_TMAP_WU);
   g.brow0 = d.le * I + n0;
-  g.wait_ns = p.watchdog_ns;
   const int op = NB == 2 ? kOpSwiGLU : (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU);
   const float* bias = NB == 1 ? reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0 : nullptr;
   bool gathered = false;
@@ -432,7 +429,6 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
         tk[i] = r < d.nrows ? ld_cg(meta + r) / p.topk : 0;
       }
       g.a = reinterpret_cast<const T*>(p.x);
-      g.amap = 0;
       g.atok = make_int4(tk[0], tk[1], tk[2], tk[3]);
       tc_tile_stage<Mma, NB, true>(g, c.phase, op, bias);
       gathered = true;
@@ -468,11 +464,9 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
   g.ldb = I;
   g.ncols = min(kTcTileN, H - n0);
   g.K = I;
-  g.amap = tmap_of(p, MOE_TMAP_INTER);
+  g.tmap = tmap_of(p, MOE_TMAP_INTER);  // then W2
   g.arow0 = static_cast<int>(grow);
-  g.bmap[0] = tmap_of(p, MOE_TMAP_W2);
   g.brow0 = d.le * H + n0;
-  g.wait_ns = p.watchdog_ns;
   const float* bias = p.ffn != MOE_FFN_SWIGLU
                           ? reinterpret_cast<const float*>(p.b2) + static_cast<int64_t>(d.le) * H + n0
                           : nullptr;

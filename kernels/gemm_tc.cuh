@@ -19,8 +19,8 @@
 // Shared memory per stage: A [128][128 B] then B [128][128 B] (32 KB); a row
 // is 8 chunks of 16 B stored at chunk ^ (row & 7) (XOR swizzle), so that the 8
 // row addresses of an ldmatrix phase and the 8 chunks a cp.async phase writes
-// hit distinct banks. kTcStages (3) cp.async stages, one __syncthreads per
-// stage. Loads are cp.async.cg 16 B (L2 only: A rows are written by other
+// hit distinct banks. kTcStages stages (MOE_TC_STAGES: 3, a build option),
+// one __syncthreads per stage with cp.async. Loads are cp.async.cg 16 B (L2 only: A rows are written by other
 // GPUs / blocks during the launch); rows past mrows and B rows past ncols are
 // zero-filled (src-size 0), never read.
 //
@@ -51,8 +51,8 @@
 // Both leave the same 64 fp32 accumulators per thread, in different places
 // (tc_acc_pos says where), so that tc_stage is the one reader.
 //
-// Loaders of the wgmma mainloop, chosen per tile by TcArgs::amap:
-//   TMA (amap != 0, MOE_FLAG_TMA; never a gather): thread 0 issues each
+// Loaders of the wgmma mainloop, chosen per tile by TcArgs::tmap:
+//   TMA (tmap != 0, MOE_FLAG_TMA; never a gather): thread 0 issues each
 //     stage as cp.async.bulk.tensor boxes (A: one 128-row box; B: one
 //     128-row box, or 8 boxes of 16 rows for the interleaved swiglu operands) through the host's tensor maps, whose
 //     128-byte swizzle writes exactly the layout above. Completion is counted
@@ -60,7 +60,7 @@
 //     stage's "empty" mbarrier once its MMAs of the stage are done, and thread
 //     0 refills the stage after both. No __syncthreads in the loop, and the
 //     MMAs of step k - 1 and k overlap (wgmma.wait_group 1).
-//   cp.async (amap == 0): every thread copies 16-byte chunks, one
+//   cp.async (tmap == 0): every thread copies 16-byte chunks, one
 //     __syncthreads per stage, the MMAs of step k drain before step k + 1.
 #pragma once
 
@@ -258,17 +258,19 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
       : "memory");
   return done != 0;
 }
-// Waits for the barrier's phase of the given parity to complete. A TMA load
-// either lands or faults, so an expiry is a bug (byte counts that disagree):
-// the block traps rather than hang or run on stale stages, and the launch
-// fails with an error on this rank (its peers' watchdogs then fire). No call
-// here: the tile is a leaf function (see tc_tile_stage).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity, uint64_t wait_ns) {
+// Waits for the barrier's phase of the given parity to complete, at most
+// kTmaWaitNs. A TMA load either lands or faults, so an expiry is a bug (byte
+// counts that disagree): the block traps rather than hang or run on stale
+// stages, and the launch fails with an error on this rank (its peers'
+// watchdogs then fire). No call here: the tile is a leaf function (see
+// tc_tile_stage).
+constexpr uint64_t kTmaWaitNs = 4000000000ull;
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   if (mbar_try_wait(bar, parity)) return;
   const uint64_t t0 = globaltimer();
   for (uint32_t i = 1;; ++i) {
     if (mbar_try_wait(bar, parity)) return;
-    if ((i & 63) == 0 && globaltimer() - t0 > wait_ns) __trap();
+    if ((i & 63) == 0 && globaltimer() - t0 > kTmaWaitNs) __trap();
   }
 }
 // Generic-proxy accesses of this thread (rows acquired from other blocks and
@@ -305,16 +307,15 @@ struct TcArgs {
   // thread's loader rows tid/8 + 32 i, i = 0..3 (x, y, z, w); rows past
   // mrows are never read.
   int4 atok;
-  // TMA loader (amap != 0; wgmma builds only): generic addresses of the
-  // CUtensorMaps of A and of each B operand, the tile's first row in A's
-  // map and its first row in the B maps (NB 2: the output column; those maps' boxes are 16 rows), and
-  // the bound of each stage wait. Zero unless a caller sets them: the
-  // cp.async loader.
-  uint64_t amap = 0;
-  uint64_t bmap[NB] = {};
+  // TMA loader (tmap != 0; wgmma builds only): generic address of the
+  // CUtensorMap of A, followed by those of the B operands (kTmapBytes
+  // apart), the tile's first row in A's map and its first row in the B maps
+  // (NB 2: the output column; those maps' boxes are 16 rows). Zero unless a
+  // caller sets them: the cp.async loader.
+  uint64_t tmap = 0;
   int arow0 = 0, brow0 = 0;
-  uint64_t wait_ns = 0;
 };
+constexpr int kTmapBytes = MOE_TMAP_WORDS * 8;
 
 // Where accumulator i of this thread sits in the 128 x 128 tile: its row and
 // its B row (output column of the packed B operands). Both mainloops give each
@@ -352,36 +353,37 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
   if (tid == 0) {
 #pragma unroll
     for (int s = 0; s < kTcStages; ++s) {
-      mbar_init(bars + 8 * s, 1);                             // warp 0's arrive.expect_tx
+      mbar_init(bars + 8 * s, 1);                             // thread 0's arrive.expect_tx
       mbar_init(bars + 8 * (kTcStages + s), kTcWarpgroups);  // one arrival per warpgroup
     }
     mbar_init_fence();
   }
-  fence_proxy_async_all();  // this thread's staging stores of the last tile precede the TMA writes
+  // This thread's generic accesses before the async proxy's: the last tile's
+  // staging in shared memory (overwritten by TMA), and for thread 0 the rows
+  // it acquired in next_task (read by TMA).
+  fence_proxy_async_all();
   __syncthreads();
   // Bytes of a stage: every box is transferred whole (zero fill outside the map).
   constexpr uint32_t kTx = static_cast<uint32_t>((kTcTileM + kTcTileN) * kTcKBytes);
+  const uint64_t amap = g.tmap, bmap0 = amap + kTmapBytes, bmap1 = amap + (NB == 2 ? 2 : 1) * kTmapBytes;
   auto issue = [&](int stage, int kt) {  // thread 0
     const uint32_t full = bars + 8 * stage;
     const uint32_t dst = sbase + static_cast<uint32_t>(stage * kTcStageBytes);
     const int kc = kt * kKElems;
     mbar_arrive_expect_tx(full, kTx);
-    tma_load_2d(dst, g.amap, kc, g.arow0, full);
+    tma_load_2d(dst, amap, kc, g.arow0, full);
     const uint32_t bdst = dst + kTcTileM * kTcKBytes;
     if (NB == 1) {
-      tma_load_2d(bdst, g.bmap[0], kc, g.brow0, full);
+      tma_load_2d(bdst, bmap0, kc, g.brow0, full);
     } else {  // B rows 32w..+15: gate columns 16w..+15; 32w+16..+31: up, the same columns
 #pragma unroll
       for (int w = 0; w < kTcTileN / 32; ++w) {
-        tma_load_2d(bdst + 32 * w * kTcKBytes, g.bmap[0], kc, g.brow0 + 16 * w, full);
-        tma_load_2d(bdst + (32 * w + 16) * kTcKBytes, g.bmap[NB - 1], kc, g.brow0 + 16 * w, full);
+        tma_load_2d(bdst + 32 * w * kTcKBytes, bmap0, kc, g.brow0 + 16 * w, full);
+        tma_load_2d(bdst + (32 * w + 16) * kTcKBytes, bmap1, kc, g.brow0 + 16 * w, full);
       }
     }
   };
   if (tid == 0) {
-    // Thread 0 acquired this task's rows (next_task): they are read by the
-    // async proxy after this fence.
-    fence_proxy_async_all();
     for (int s = 0; s < kTcStages && s < ksteps; ++s) issue(s, s);
   }
   // Warpgroup wg multiplies A rows 64 wg..+63 by all 128 B rows; a k-step
@@ -390,7 +392,7 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
   int st = 0;
   uint32_t phase = 0;  // parity of step kt's use of stage st
   for (int kt = 0; kt < ksteps; ++kt) {
-    mbar_wait(bars + 8 * st, phase, g.wait_ns);
+    mbar_wait(bars + 8 * st, phase);
     const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
     const uint64_t da = wgmma_desc(sst + a_off);
     const uint64_t db = wgmma_desc(sst + kTcTileM * kTcKBytes);
@@ -411,7 +413,7 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
       if ((tid & 127) == 0) mbar_arrive(bars + 8 * (kTcStages + ps));
       const int nk = kt - 1 + kTcStages;
       if (tid == 0 && nk < ksteps) {
-        mbar_wait(bars + 8 * (kTcStages + ps), pphase, g.wait_ns);  // both warpgroups are done with it
+        mbar_wait(bars + 8 * (kTcStages + ps), pphase);  // both warpgroups are done with it
         issue(ps, nk);
       }
     }
@@ -442,7 +444,7 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
   for (int i = 0; i < kTcAcc; ++i) acc[i] = 0.f;
 #if MOE_TC_WGMMA
   if constexpr (!kGather) {
-    if (g.amap != 0) {
+    if (g.tmap != 0) {
       tc_mainloop_tma<Mma, NB>(g, smem, acc);
       return;
     }

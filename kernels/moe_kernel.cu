@@ -194,7 +194,6 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
 // dynamic shared memory. Runs the same tc_gemm_tile / tc_stage /
 // tc_copy_out as the expert tasks.
 namespace moe {
-constexpr uint64_t kTileTestWaitNs = 2000000000ull;  // bound of the tile's stage waits (2 s)
 template <class Mma, int NB>
 __device__ inline void tile_test_run(const MoeTileTest& t, unsigned char* smem) {
   TcArgs<NB> g;
@@ -206,14 +205,8 @@ __device__ inline void tile_test_run(const MoeTileTest& t, unsigned char* smem) 
   g.ldb = t.k;
   g.ncols = t.ncols;
   g.K = t.k;
-  // Maps of A, B0, B1 (all zero: the cp.async loader).
-  const bool tma = t.tmap[0] != 0;
-  g.amap = tma ? reinterpret_cast<uint64_t>(&t.tmap[0]) : 0;
-  g.bmap[0] = tma ? reinterpret_cast<uint64_t>(&t.tmap[MOE_TMAP_WORDS]) : 0;
-  if (NB == 2) g.bmap[NB - 1] = tma ? reinterpret_cast<uint64_t>(&t.tmap[2 * MOE_TMAP_WORDS]) : 0;
-  g.arow0 = 0;
-  g.brow0 = 0;
-  g.wait_ns = kTileTestWaitNs;
+  // Maps of A, B0, B1, consecutive (t.tma 0: the cp.async loader).
+  g.tmap = t.tma != 0 ? reinterpret_cast<uint64_t>(&t.tmap[0]) : 0;
   tc_tile_stage<Mma, NB>(g, smem, kOpNone, nullptr);
   const float* cs = reinterpret_cast<const float*>(smem);
   __syncthreads();
@@ -230,7 +223,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(co
   const bool ok = blockDim.x == kThreads && dynamic_smem_bytes() >= static_cast<uint32_t>(kPhaseBytes) &&
                   (t.dtype == MOE_DTYPE_TF32 || t.dtype == MOE_DTYPE_BF16) && (t.nb == 1 || t.nb == 2) &&
                   t.mrows >= 1 && t.mrows <= kTcTileM && t.k > 0 && t.k % 64 == 0 && t.ncols > 0 && t.ncols % 8 == 0 &&
-                  t.ncols <= kTcTileN / t.nb && t.a != 0 && t.b0 != 0 && (t.nb == 1 || t.b1 != 0) && t.out != 0 &&
+                  t.ncols <= kTcTileN / t.nb && (t.tma == 0 || t.tma == 1) && t.a != 0 && t.b0 != 0 && (t.nb == 1 || t.b1 != 0) && t.out != 0 &&
                   (reinterpret_cast<uintptr_t>(t.tmap) & (kTmapAlign - 1)) == 0;
   if (!ok) {
     if (threadIdx.x == 0 && t.status != 0) *reinterpret_cast<volatile uint32_t*>(t.status) = 2u;

@@ -59,7 +59,6 @@ const (
 	WaitBarrier  = 3 // MOE_WAIT_BARRIER
 	WaitTask     = 4 // MOE_WAIT_TASK
 	WaitSlot     = 5 // MOE_WAIT_SLOT
-	WaitTMA      = 6 // MOE_WAIT_TMA: a tile's TMA loads did not land (the kernel traps)
 
 	FlagGateTC      = 1 // MOE_FLAG_GATE_TC: bf16 gate GEMM on tensor cores (three bf16 pieces of the gate weights)
 	FlagLocalGather = 2 // MOE_FLAG_LOCAL_GATHER: bf16 GEMM0 reads this rank's own rows from x (no dispatch copy)
@@ -69,9 +68,9 @@ const (
 	// Tensor maps in Params.TMap (params.h MOE_TMAP_*): 16 words each.
 	TMapWords      = 16 // MOE_TMAP_WORDS
 	TMapRecv       = 0  // MOE_TMAP_RECV: received rows [W*rows_per_source][H], box rows TCTileM
-	TMapInter      = 1  // MOE_TMAP_INTER: intermediate [W*rows_per_source][I], box rows TCTileM
-	TMapW1         = 2  // MOE_TMAP_W1: W1^T [E/W*I][H], box rows TCTileN (swiglu: TMapSwiGLURows)
-	TMapWu         = 3  // MOE_TMAP_WU: Wu^T, as W1
+	TMapW1         = 1  // MOE_TMAP_W1: W1^T [E/W*I][H], box rows TCTileN (swiglu: TMapSwiGLURows)
+	TMapWu         = 2  // MOE_TMAP_WU: Wu^T, as W1
+	TMapInter      = 3  // MOE_TMAP_INTER: intermediate [W*rows_per_source][I], box rows TCTileM
 	TMapW2         = 4  // MOE_TMAP_W2: W2^T [E/W*H][I], box rows TCTileN
 	TMaps          = 5  // MOE_TMAPS
 	TMapSwiGLURows = 16 // MOE_TMAP_SWIGLU_ROWS
@@ -218,7 +217,7 @@ type TileTest struct {
 	MRows   int32                         `c:"mrows"`
 	NCols   int32                         `c:"ncols"`
 	K       int32                         `c:"k"`
-	Pad0    int32                         `c:"_pad0"`
+	TMA     int32                         `c:"tma"` // 1: TMA loads through TMap; 0: cp.async
 	A       uint64                        `c:"a"`
 	B0      uint64                        `c:"b0"`
 	B1      uint64                        `c:"b1"`

@@ -89,7 +89,6 @@
 #define MOE_WAIT_BARRIER 3  /* in-kernel grid barrier (a block of this grid) */
 #define MOE_WAIT_TASK 4     /* processor waiting for work (backstop) */
 #define MOE_WAIT_SLOT 5     /* processor waiting for a GEMM1 queue slot */
-#define MOE_WAIT_TMA 6      /* a tensor-core tile waiting for its TMA loads (the kernel traps) */
 
 /* MoeParams.flags: switches of the serial phases (the host sets
  * MOE_FLAGS_DEFAULT; the old paths stay for comparison and as fallbacks).
@@ -119,13 +118,15 @@
  *   W1, WU transposed [E/W * I][H], box rows MOE_TC_TILE_N, or 16 for swiglu
  *         (the tile interleaves the two operands by 16 rows);
  *   W2    transposed [E/W * H][I], box rows MOE_TC_TILE_N.
+ * A GEMM's maps are consecutive (A, then its B operands): RECV W1 WU for
+ * GEMM0, INTER W2 for GEMM1; the kernel passes the tile one address.
  * The bf16 LOCAL_GATHER tiles (own rows read from x by token) keep the
  * cp.async loader: a TMA box of one row is not swizzled by its row. */
 #define MOE_TMAP_WORDS 16
 #define MOE_TMAP_RECV 0
-#define MOE_TMAP_INTER 1
-#define MOE_TMAP_W1 2
-#define MOE_TMAP_WU 3
+#define MOE_TMAP_W1 1
+#define MOE_TMAP_WU 2
+#define MOE_TMAP_INTER 3
 #define MOE_TMAP_W2 4
 #define MOE_TMAPS 5
 #define MOE_TMAP_SWIGLU_ROWS 16
@@ -280,14 +281,14 @@ typedef struct MoeTileTest {
     int32_t mrows;   /* 1..MOE_TC_TILE_M */
     int32_t ncols;   /* output columns per operand: nb 1: 64 or 128; nb 2: 64 */
     int32_t k;       /* multiple of 64 */
-    int32_t _pad0;
+    int32_t tma;     /* 1: load with TMA through tmap; 0: cp.async */
     uint64_t a;      /* [mrows][k] storage dtype */
     uint64_t b0;     /* [ncols][k] storage dtype */
     uint64_t b1;     /* [ncols][k] storage dtype (nb 2), else 0 */
     uint64_t out;    /* [MOE_TC_TILE_M][128] f32 */
     uint64_t status; /* u32 */
     uint64_t _pad_tmap[8]; /* tmap starts 128-byte aligned */
-    uint64_t tmap[MOE_TILE_TMAPS * MOE_TMAP_WORDS]; /* all zero: cp.async loader; else maps of A, B0, B1 */
+    uint64_t tmap[MOE_TILE_TMAPS * MOE_TMAP_WORDS]; /* tma: maps of A, B0, B1 */
 } MoeTileTest;
 
 /* Argument of moerun_tokens_bf16: converts n float32 tokens at src to bf16

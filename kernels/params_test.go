@@ -112,7 +112,7 @@ func TestConstantsMatchParamsH(t *testing.T) {
 		"MOE_STATUS_OK": StatusOK, "MOE_STATUS_WATCHDOG": StatusWatchdog, "MOE_STATUS_NOT_P2P": StatusNotP2P,
 		"MOE_STATUS_BAD_PARAMS": StatusBadParams,
 		"MOE_WAIT_NONE":         WaitNone, "MOE_WAIT_DISPATCH": WaitDispatch, "MOE_WAIT_RETURN": WaitReturn,
-		"MOE_WAIT_BARRIER": WaitBarrier, "MOE_WAIT_TASK": WaitTask, "MOE_WAIT_SLOT": WaitSlot, "MOE_WAIT_TMA": WaitTMA,
+		"MOE_WAIT_BARRIER": WaitBarrier, "MOE_WAIT_TASK": WaitTask, "MOE_WAIT_SLOT": WaitSlot,
 		"MOE_FLAG_GATE_TC": FlagGateTC, "MOE_FLAG_LOCAL_GATHER": FlagLocalGather, "MOE_FLAGS_DEFAULT": FlagsDefault,
 		"MOE_FLAG_TMA": FlagTMA, "MOE_TMAP_WORDS": TMapWords, "MOE_TMAP_RECV": TMapRecv, "MOE_TMAP_INTER": TMapInter,
 		"MOE_TMAP_W1": TMapW1, "MOE_TMAP_WU": TMapWu, "MOE_TMAP_W2": TMapW2, "MOE_TMAPS": TMaps,

@@ -31,6 +31,6 @@ for kf in ${KFLAGS:-default}; do
     "$BIN" bench --backend gpu --hidden 2048 --ffn-hidden 2048 --experts 32 --topk 2 --ffn relu \
     --tokens "${TOKENS:-8192}" --dtype "${DTYPE:-bf16}" --iters 1 --warmup 0 >"$log" 2>&1 || rc=1
   grep -E "Duration|Throughput|Hit Rate|Warp Cycles Per Issued|Issued Warp|stalled_|pipe_tensor|Executed Ipc|Busy|Bandwidth|==ERR|==WARN" "$log" |
-    grep -v "^\s*$" | sort -u -k1,1 -s | head -60
+    grep -v "^\s*$" | awk '!seen[$0]++' | head -60
 done
 exit $rc

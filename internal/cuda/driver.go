@@ -198,8 +198,8 @@ var symbols = [numSyms]symbolSpec{
 	symOccupancyMaxActiveBlocksPerMultiprocessor: req("cuOccupancyMaxActiveBlocksPerMultiprocessor"),
 	symLaunchKernel:            req("cuLaunchKernel"),
 	symLaunchCooperativeKernel: req("cuLaunchCooperativeKernel"),
-	// CUDA 12.0 and newer: the kernel's TMA loads need it; without it the
-	// backend keeps the cp.async loader.
+	// CUDA 12.0 and newer; only the kernel's opt-in TMA loads need it (a
+	// forward that asks for them without it fails with a clear error).
 	symTensorMapEncodeTiled: opt("cuTensorMapEncodeTiled"),
 	symStreamBeginCapture:   req("cuStreamBeginCapture", "cuStreamBeginCapture_v2"),
 	symStreamEndCapture:     req("cuStreamEndCapture"),

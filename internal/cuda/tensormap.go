@@ -38,10 +38,6 @@ type TensorMapMatrix struct {
 	BoxCols, BoxRows uint32
 }
 
-// CanEncodeTensorMaps says whether the driver has cuTensorMapEncodeTiled
-// (CUDA 12.0 and newer).
-func (d *Driver) CanEncodeTensorMaps() bool { return d.fn[symTensorMapEncodeTiled] != nil }
-
 // TensorMapEncode2D encodes m as a 2-D tiled tensor map with the 128-byte
 // swizzle (the layout wgmma reads K-major operands in; a box row must then
 // be at most 128 bytes), L2 promotion of 256 bytes and zero fill outside the

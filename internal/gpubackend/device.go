@@ -231,12 +231,13 @@ func (b *Backend) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr,
 			return tm, err
 		}
 	}
-	if err := b.deviceTokens(cfg, x, n, s); err != nil {
-		return tm, err
-	}
+	// The argument first: a failure to encode it leaves nothing queued.
 	p := b.paramsFor(cfg, l.wp)
 	p.Trace, p.TraceCounts, p.TraceCap = 0, 0, 0
 	if err := b.setTMaps(&p, cfg); err != nil {
+		return tm, err
+	}
+	if err := b.deviceTokens(cfg, x, n, s); err != nil {
 		return tm, err
 	}
 	if err := b.launch(cfg.DType, p.Bytes(), s); err != nil {

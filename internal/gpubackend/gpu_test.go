@@ -408,6 +408,61 @@ func TestForwardOneRank(t *testing.T) {
 		}
 	})
 
+	// The TMA loads (kernels.FlagTMA) move the same bytes into the same
+	// shared-memory layout for the same MMAs in the same order: every output
+	// bit equals the cp.async loader's, with and without the bf16 gather of
+	// the own rows (which keeps cp.async), in full, partial and swiglu tiles.
+	t.Run("tma", func(t *testing.T) {
+		defer func() { b.flags = kernels.FlagsDefault }()
+		for _, dt := range []config.DType{config.TF32, config.BF16} {
+			for _, tc := range []struct {
+				name string
+				mod  func(*config.Layer)
+			}{
+				{"relu T=200", func(c *config.Layer) { c.Tokens = 200 }},
+				{"swiglu E=2 k=2 T=200 I=256", func(c *config.Layer) {
+					c.Tokens, c.Experts, c.FFN, c.FFNHidden = 200, 2, config.FFNSwiGLU, 256
+				}},
+				{"swiglu k=3", func(c *config.Layer) { c.Tokens = 90; c.FFN = config.FFNSwiGLU; c.TopK = 3 }},
+				{"relu H=192 I=320", func(c *config.Layer) { c.Tokens = 150; c.Hidden = 192; c.FFNHidden = 320 }},
+				{"gelu E=64 k=4 H=256", func(c *config.Layer) {
+					c.Tokens, c.Experts, c.TopK, c.Hidden, c.FFN = 130, 64, 4, 256, config.FFNGeLU
+				}},
+			} {
+				c := base
+				c.DType = dt
+				tc.mod(&c)
+				if err := b.Prepare(c); err != nil {
+					t.Fatal(err)
+				}
+				x := datagen.Tokens(c, 0, c.Tokens)
+				flags := []int{kernels.FlagsDefault, kernels.FlagsDefault | kernels.FlagTMA, kernels.FlagGateTC | kernels.FlagTMA}
+				var first *backend.Result
+				for _, f := range flags {
+					b.flags = int32(f)
+					if _, err := b.Forward(c, x); err != nil {
+						t.Fatalf("%s %s flags %d: %v", dt, tc.name, f, err)
+					}
+					r, err := b.Result()
+					if err != nil {
+						t.Fatal(err)
+					}
+					if first == nil {
+						first = r
+						continue
+					}
+					for i := range r.Out {
+						if math.Float32bits(r.Out[i]) != math.Float32bits(first.Out[i]) {
+							t.Fatalf("%s %s: out[%d] with flags %d = %g, with flags %d = %g: the TMA loads must not change a bit",
+								dt, tc.name, i, f, r.Out[i], flags[0], first.Out[i])
+						}
+					}
+				}
+				t.Logf("%s %s: flags %v bitwise equal", dt, tc.name, flags)
+			}
+		}
+	})
+
 	// The trace: present, consistent, and without effect on the results.
 	t.Run("trace", func(t *testing.T) {
 		defer func() { b.opt.Trace = false; b.prepared = false }()

@@ -230,12 +230,6 @@ func (b *Backend) preflight(localRank int) ([]byte, kernels.CubinInfo, error) {
 		return nil, ci, fmt.Errorf("%d ranks: the kernel supports at most %d", b.world, kernels.MaxWorld)
 	}
 	drv, err := cuda.Load()
-	if err == nil && b.flags&kernels.FlagTMA != 0 && !drv.CanEncodeTensorMaps() {
-		// A driver older than CUDA 12.0 cannot describe the TMA loads: keep
-		// the cp.async loader (slower, same results).
-		b.flags &^= kernels.FlagTMA
-		b.log.Warn().Str("driver", drv.Path()).Msg("the CUDA driver has no cuTensorMapEncodeTiled: tensor-core tiles load with cp.async")
-	}
 	if err != nil {
 		return nil, ci, fmt.Errorf("GPU backend needs the CUDA driver: %w", err)
 	}

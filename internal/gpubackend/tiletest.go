@@ -140,10 +140,8 @@ func (b *Backend) TileCheck(c TileCase) (TileReport, error) {
 	if c.TMA {
 		// The kernel's maps of these operands (kernelTMaps): A by row tile,
 		// B by column tile or, paired, by 16 rows.
-		bbox := uint32(kernels.TCTileN)
-		if c.NB == 2 {
-			bbox = kernels.TMapSwiGLURows
-		}
+		arg.TMA = 1
+		bbox := weightBoxRows(c.NB == 2)
 		specs := []tmapSpec{{"tile A", 0, arg.A, uint64(c.K), uint64(c.MRows), kernels.TCTileM},
 			{"tile B0", 1, arg.B0, uint64(c.K), uint64(c.NCols), bbox}}
 		if c.NB == 2 {

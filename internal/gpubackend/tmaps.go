@@ -28,10 +28,7 @@ func kernelTMaps(p *kernels.Params) []tmapSpec {
 	h, i := uint64(p.Hidden), uint64(p.FFNHidden)
 	rows := uint64(p.World) * uint64(p.RowsPerSource)
 	el := uint64(p.ExpertsPerRank)
-	wbox := uint32(kernels.TCTileN)
-	if p.FFN == kernels.FFNSwiGLU {
-		wbox = kernels.TMapSwiGLURows
-	}
+	wbox := weightBoxRows(p.FFN == kernels.FFNSwiGLU)
 	specs := []tmapSpec{
 		{"received rows", kernels.TMapRecv, p.HeapBase + p.OffRecvRows, h, rows, kernels.TCTileM},
 		{"intermediate", kernels.TMapInter, p.Inter, i, rows, kernels.TCTileM},
@@ -46,6 +43,15 @@ func kernelTMaps(p *kernels.Params) []tmapSpec {
 		}
 	}
 	return out
+}
+
+// weightBoxRows is the rows of a weight map's box: a column tile, or for
+// swiglu's paired operands the 16 rows the tile interleaves them by.
+func weightBoxRows(paired bool) uint32 {
+	if paired {
+		return kernels.TMapSwiGLURows
+	}
+	return kernels.TCTileN
 }
 
 // tmapType is the map element type and size of the storage dtype d (tf32
