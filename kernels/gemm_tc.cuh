@@ -341,6 +341,25 @@ __device__ __forceinline__ TcPos tc_acc_pos(int i) {
 }
 
 #if MOE_TC_WGMMA
+// One stage's MMAs of this thread's warpgroup: its 64 A rows (a_off into the
+// stage at sst) times the stage's 128 B rows, kTcKBytes / 32 k-steps, issued
+// asynchronously and committed as one group (both mainloops).
+template <class Mma>
+__device__ __forceinline__ void tc_wgmma_stage(float (&acc)[kTcAcc], uint32_t sst, uint32_t a_off) {
+  const uint64_t da = wgmma_desc(sst + a_off);
+  const uint64_t db = wgmma_desc(sst + kTcTileM * kTcKBytes);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kTcKBytes / 32; ++kk) {
+    if constexpr (Mma::kTF32) {
+      wgmma_tf32(acc, da + 2 * kk, db + 2 * kk);
+    } else {
+      wgmma_bf16(acc, da + 2 * kk, db + 2 * kk);
+    }
+  }
+  wgmma_commit();
+}
+
 // The TMA mainloop (see the file comment). Same contract as tc_gemm_tile.
 template <class Mma, int NB>
 __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[kTcAcc]) {
@@ -393,19 +412,7 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
   uint32_t phase = 0;  // parity of step kt's use of stage st
   for (int kt = 0; kt < ksteps; ++kt) {
     mbar_wait(bars + 8 * st, phase);
-    const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
-    const uint64_t da = wgmma_desc(sst + a_off);
-    const uint64_t db = wgmma_desc(sst + kTcTileM * kTcKBytes);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kTcKBytes / 32; ++kk) {
-      if constexpr (Mma::kTF32) {
-        wgmma_tf32(acc, da + 2 * kk, db + 2 * kk);
-      } else {
-        wgmma_bf16(acc, da + 2 * kk, db + 2 * kk);
-      }
-    }
-    wgmma_commit();
+    tc_wgmma_stage<Mma>(acc, sbase + static_cast<uint32_t>(st * kTcStageBytes), a_off);
     wgmma_wait<1>(acc);  // step kt - 1's MMAs are done: its stage is free
     if (kt > 0) {
       const int ps = st == 0 ? kTcStages - 1 : st - 1;
@@ -517,19 +524,7 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
     wgmma_wait<0>(acc);              // this warpgroup is done reading step kt - 1
     __syncthreads();                 // everyone's copies landed; step kt - 1's buffer is free
     load_next(kt, st);
-    const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
-    const uint64_t da = wgmma_desc(sst + a_off);
-    const uint64_t db = wgmma_desc(sst + kTcTileM * kTcKBytes);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kTcKBytes / 32; ++kk) {
-      if constexpr (Mma::kTF32) {
-        wgmma_tf32(acc, da + 2 * kk, db + 2 * kk);
-      } else {
-        wgmma_bf16(acc, da + 2 * kk, db + 2 * kk);
-      }
-    }
-    wgmma_commit();  // runs while the threads wait for step kt + 1
+    tc_wgmma_stage<Mma>(acc, sbase + static_cast<uint32_t>(st * kTcStageBytes), a_off);  // runs while the threads wait for step kt + 1
     if (++st == kTcStages) st = 0;
   }
   wgmma_wait<0>(acc);
