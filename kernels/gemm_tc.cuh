@@ -19,10 +19,10 @@
 // Shared memory per stage: A [128][128 B] then B [128][128 B] (32 KB); a row
 // is 8 chunks of 16 B stored at chunk ^ (row & 7) (XOR swizzle), so that the 8
 // row addresses of an ldmatrix phase and the 8 chunks a cp.async phase writes
-// hit distinct banks. kTcStages stages (MOE_TC_STAGES: 3, a build option),
-// one __syncthreads per stage with cp.async. Loads are cp.async.cg 16 B (L2 only: A rows are written by other
-// GPUs / blocks during the launch); rows past mrows and B rows past ncols are
-// zero-filled (src-size 0), never read.
+// hit distinct banks. kTcStages stages (MOE_TC_STAGES: 3, a build option);
+// with cp.async one __syncthreads per stage. Loads are cp.async.cg 16 B (L2
+// only: A rows are written by other GPUs / blocks during the launch); rows
+// past mrows and B rows past ncols are zero-filled (src-size 0), never read.
 //
 // NB = 2 (swiglu: gate and up projections share A): the 128 B rows are the
 // two operands interleaved by 16: B rows 32w..32w+15 are Wg^T rows
@@ -54,8 +54,9 @@
 // Loaders of the wgmma mainloop, chosen per tile by TcArgs::tmap:
 //   TMA (tmap != 0, MOE_FLAG_TMA; never a gather): thread 0 issues each
 //     stage as cp.async.bulk.tensor boxes (A: one 128-row box; B: one
-//     128-row box, or 8 boxes of 16 rows for the interleaved swiglu operands) through the host's tensor maps, whose
-//     128-byte swizzle writes exactly the layout above. Completion is counted
+//     128-row box, or 8 boxes of 16 rows for the interleaved swiglu
+//     operands) through the host's tensor maps, whose 128-byte swizzle
+//     writes exactly the layout above. Completion is counted
 //     in bytes on the stage's "full" mbarrier; each warpgroup arrives on the
 //     stage's "empty" mbarrier once its MMAs of the stage are done, and thread
 //     0 refills the stage after both. No __syncthreads in the loop, and the
@@ -101,7 +102,8 @@ static_assert(kTcTileM * kTcCsStride * 4 <= kTcMainBytes, "the staged output til
 // row slots (kTcTileM ints) that the GEMM1 epilogue keeps across the tile.
 constexpr int kTcBarOff = kTcMainBytes + kTcTileM * 4;
 constexpr int kTcWarpgroups = kThreads / 128;
-static_assert(kTcBarOff + 2 * kTcStages * 8 <= kTcPhaseUsable, "stages, row slots and barriers fit the aligned phase buffer");
+static_assert(kTcBarOff + 2 * kTcStages * 8 <= kTcPhaseUsable,
+              "stages, row slots and barriers fit the aligned phase buffer");
 static_assert(kTcBarOff % 8 == 0, "mbarriers are 8-byte aligned");
 static_assert(kTcStageBytes % 1024 == 0 && (kTcTileM * kTcKBytes) % 1024 == 0 && kPhaseAlign == 1024,
               "every stage and its B part start on a 1024-byte swizzle boundary");
@@ -281,8 +283,8 @@ __device__ __forceinline__ void fence_proxy_async_all() { asm volatile("fence.pr
 // into shared memory at dst; its bytes complete on bar.
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, uint64_t map, int c0, int c1, uint32_t bar) {
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          dst),
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
       "l"(map), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
@@ -524,7 +526,8 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
     wgmma_wait<0>(acc);              // this warpgroup is done reading step kt - 1
     __syncthreads();                 // everyone's copies landed; step kt - 1's buffer is free
     load_next(kt, st);
-    tc_wgmma_stage<Mma>(acc, sbase + static_cast<uint32_t>(st * kTcStageBytes), a_off);  // runs while the threads wait for step kt + 1
+    // The MMAs run while the threads wait for step kt + 1.
+    tc_wgmma_stage<Mma>(acc, sbase + static_cast<uint32_t>(st * kTcStageBytes), a_off);
     if (++st == kTcStages) st = 0;
   }
   wgmma_wait<0>(acc);

@@ -223,7 +223,8 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(co
   const bool ok = blockDim.x == kThreads && dynamic_smem_bytes() >= static_cast<uint32_t>(kPhaseBytes) &&
                   (t.dtype == MOE_DTYPE_TF32 || t.dtype == MOE_DTYPE_BF16) && (t.nb == 1 || t.nb == 2) &&
                   t.mrows >= 1 && t.mrows <= kTcTileM && t.k > 0 && t.k % 64 == 0 && t.ncols > 0 && t.ncols % 8 == 0 &&
-                  t.ncols <= kTcTileN / t.nb && (t.tma == 0 || t.tma == 1) && t.a != 0 && t.b0 != 0 && (t.nb == 1 || t.b1 != 0) && t.out != 0 &&
+                  t.ncols <= kTcTileN / t.nb && (t.tma == 0 || t.tma == 1) && t.a != 0 && t.b0 != 0 &&
+                  (t.nb == 1 || t.b1 != 0) && t.out != 0 &&
                   (reinterpret_cast<uintptr_t>(t.tmap) & (kTmapAlign - 1)) == 0;
   if (!ok) {
     if (threadIdx.x == 0 && t.status != 0) *reinterpret_cast<volatile uint32_t*>(t.status) = 2u;
