@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,18 +21,7 @@ func envMap(m map[string]string) func(string) string {
 // returns what each returned.
 func onRanks(t *testing.T, n int, f func(c transport.Comm) error) []error {
 	t.Helper()
-	l := transport.NewLocal(n, 5*time.Second)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := 0; r < n; r++ {
-		wg.Add(1)
-		go func(r int) {
-			defer wg.Done()
-			errs[r] = f(l.Rank(r))
-		}(r)
-	}
-	wg.Wait()
-	return errs
+	return transport.NewLocal(n, 5*time.Second).Run(f)
 }
 
 func TestLaunchSizeReadsTheLauncherVariables(t *testing.T) {

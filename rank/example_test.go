@@ -12,21 +12,15 @@ import (
 // onRanks runs fn as n ranks of one in-process job (what mpirun does with n
 // processes) and prints each rank's lines in rank order.
 func onRanks(n int, fn func(c rank.Comm) (string, error)) {
-	job := transport.NewLocal(n, 0)
 	lines := make([]string, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s, err := fn(job.Rank(r))
-			if err != nil {
-				s = "error: " + err.Error()
-			}
-			lines[r] = s
-		}()
-	}
-	wg.Wait()
+	transport.NewLocal(n, 0).Run(func(c rank.Comm) error {
+		s, err := fn(c)
+		if err != nil {
+			s = "error: " + err.Error()
+		}
+		lines[c.Rank()] = s
+		return nil
+	})
 	for r, s := range lines {
 		fmt.Printf("rank %d: %s\n", r, s)
 	}

@@ -25,15 +25,7 @@ func small() config.Layer {
 
 // runRanks runs fn on n in-process ranks and returns their errors.
 func runRanks(n int, fn func(c Comm) error) []error {
-	l := transport.NewLocal(n, 10*time.Second)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[r] = fn(l.Rank(r)) }()
-	}
-	wg.Wait()
-	return errs
+	return transport.NewLocal(n, 10*time.Second).Run(fn)
 }
 
 func noErrors(t *testing.T, errs []error) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/moerun/moerun/internal/checkpoint"
@@ -21,21 +20,12 @@ func driveLocal(t *testing.T, n int, args ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	job := transport.NewLocal(n, 0)
 	outs := make([]bytes.Buffer, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			comm := job.Rank(r)
-			errs[r] = drive(o, func(shape rank.Config) (*rank.Runtime, error) {
-				return rank.Open(comm, shape, rank.Options{Backend: o.backend, KeepWeights: true})
-			}, comm, &outs[r])
-		}()
-	}
-	wg.Wait()
+	errs := transport.NewLocal(n, 0).Run(func(comm transport.Comm) error {
+		return drive(o, func(shape rank.Config) (*rank.Runtime, error) {
+			return rank.Open(comm, shape, rank.Options{Backend: o.backend, KeepWeights: true})
+		}, comm, &outs[comm.Rank()])
+	})
 	for r, err := range errs {
 		if err != nil {
 			t.Errorf("rank %d: %v", r, err)

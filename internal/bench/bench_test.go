@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,27 +32,21 @@ func runWorld(t *testing.T, w int, args []string, wrap func(backend.Backend, tra
 	if err != nil {
 		t.Fatalf("flags %v: %v", args, err)
 	}
-	l := transport.NewLocal(w, 0)
 	codes := make([]int, w)
 	outs := make([]bytes.Buffer, w)
-	var wg sync.WaitGroup
-	for r := range w {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			comm := l.Rank(r)
-			env := Env{Comm: comm, Log: zerolog.Nop(), Stdout: &outs[r], Stderr: &outs[r], Version: "test",
-				Open: func(string) (backend.Backend, error) {
-					var b backend.Backend = cpubackend.New(comm)
-					if wrap != nil {
-						b = wrap(b, comm)
-					}
-					return b, nil
-				}}
-			codes[r] = Run(env, o)
-		}()
-	}
-	wg.Wait()
+	transport.NewLocal(w, 0).Run(func(comm transport.Comm) error {
+		r := comm.Rank()
+		env := Env{Comm: comm, Log: zerolog.Nop(), Stdout: &outs[r], Stderr: &outs[r], Version: "test",
+			Open: func(string) (backend.Backend, error) {
+				var b backend.Backend = cpubackend.New(comm)
+				if wrap != nil {
+					b = wrap(b, comm)
+				}
+				return b, nil
+			}}
+		codes[r] = Run(env, o)
+		return nil
+	})
 	return codes, outs[0].String()
 }
 
@@ -276,26 +269,21 @@ func (t clockTracer) LaunchedAt() time.Time    { return t.at }
 func TestStartSkewsAgainstRankZero(t *testing.T) {
 	base := time.Unix(1_800_000_000, 0)
 	for _, rank0Clock := range []bool{true, false} {
-		l := transport.NewLocal(2, 0)
 		got := make([][2]float64, 2)
-		errs := make([]error, 2)
-		var wg sync.WaitGroup
-		for r := range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				exit := base.Add(time.Duration(r) * 5500 * time.Nanosecond)
-				tr := clockTracer{at: base.Add(-3 * time.Microsecond)}
-				if r == 0 {
-					tr = clockTracer{}
-					if rank0Clock {
-						tr.at = base
-					}
+		errs := transport.NewLocal(2, 0).Run(func(c transport.Comm) error {
+			r := c.Rank()
+			exit := base.Add(time.Duration(r) * 5500 * time.Nanosecond)
+			tr := clockTracer{at: base.Add(-3 * time.Microsecond)}
+			if r == 0 {
+				tr = clockTracer{}
+				if rank0Clock {
+					tr.at = base
 				}
-				got[r], errs[r] = startSkews(l.Rank(r), tr, exit)
-			}()
-		}
-		wg.Wait()
+			}
+			var err error
+			got[r], err = startSkews(c, tr, exit)
+			return err
+		})
 		for r, err := range errs {
 			if err != nil {
 				t.Fatalf("rank %d: %v", r, err)

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -30,27 +29,21 @@ func benchWorld(t *testing.T, w int, args []string, wrap func(*cpubackend.Backen
 	if err != nil {
 		t.Fatalf("flags %v: %v", args, err)
 	}
-	job := transport.NewLocal(w, 0)
 	codes := make([]int, w)
 	outs := make([]bytes.Buffer, w)
-	var wg sync.WaitGroup
-	for r := range w {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			comm := job.Rank(r)
-			env := bench.Env{Comm: comm, Log: zerolog.Nop(), Stdout: &outs[r], Stderr: &outs[r], Version: "test",
-				Open: func(string) (backend.Backend, error) {
-					b := cpubackend.New(comm)
-					if wrap != nil {
-						return wrap(b), nil
-					}
-					return b, nil
-				}}
-			codes[r] = bench.Run(env, o)
-		}()
-	}
-	wg.Wait()
+	transport.NewLocal(w, 0).Run(func(comm transport.Comm) error {
+		r := comm.Rank()
+		env := bench.Env{Comm: comm, Log: zerolog.Nop(), Stdout: &outs[r], Stderr: &outs[r], Version: "test",
+			Open: func(string) (backend.Backend, error) {
+				b := cpubackend.New(comm)
+				if wrap != nil {
+					return wrap(b), nil
+				}
+				return b, nil
+			}}
+		codes[r] = bench.Run(env, o)
+		return nil
+	})
 	var all strings.Builder
 	for r := range outs {
 		all.WriteString(outs[r].String())

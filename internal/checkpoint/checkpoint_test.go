@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/moerun/moerun/internal/checkpoint"
@@ -98,79 +97,70 @@ func naive(ts map[string]cktest.Tensor, n checkpoint.Naming, layer, h, in, e, k 
 // backend and compares every rank's output with the naive computation.
 func runLayer(t *testing.T, dir string, ts map[string]cktest.Tensor, n checkpoint.Naming, layer, w int) {
 	t.Helper()
-	job := transport.NewLocal(w, 0)
-	errs := make([]error, w)
-	var wg sync.WaitGroup
-	for r := range w {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = func() error {
-				m, err := checkpoint.Open(dir)
-				if err != nil {
-					return err
-				}
-				defer m.Close()
-				cfg, err := m.Config(layer)
-				if err != nil {
-					return err
-				}
-				cfg.MaxTokens, cfg.Seed = 32, 9
-				weights, err := m.Load(layer, r, w)
-				if err != nil {
-					return err
-				}
-				rt, err := rank.Open(job.Rank(r), cfg, rank.Options{})
-				if err != nil {
-					return err
-				}
-				defer rt.Close()
-				l, err := rt.AddLayer(cfg, weights)
-				if err != nil {
-					return err
-				}
-				tokens := 5 + 9*r
-				x := datagen.Tokens(cfg, r, tokens)
-				out := make([]float32, len(x))
-				if err := l.Forward(tokens, x, out); err != nil {
-					return err
-				}
-				want := naive(ts, n, layer, cfg.Hidden, cfg.FFNHidden, cfg.Experts, cfg.TopK, cfg.Renormalize, x)
-				var d2, r2 float64
-				for i, v := range want {
-					d2 += (float64(out[i]) - v) * (float64(out[i]) - v)
-					r2 += v * v
-				}
-				if rel := math.Sqrt(d2 / r2); !(rel < 1e-6) {
-					return fmt.Errorf("output differs from the tensors' own computation: relative error %g", rel)
-				}
-				// The verification rule, with experts read from the
-				// checkpoint as bench --weights does.
-				ids, _ := l.Routing()
-				need := make([]int, len(ids))
-				for i, e := range ids {
-					need[i] = int(e)
-				}
-				experts, err := m.LoadExperts(layer, need)
-				if err != nil {
-					return err
-				}
-				gate, err := m.Gate(layer)
-				if err != nil {
-					return err
-				}
-				c := cfg
-				c.Tokens = tokens
-				rep := reference.Check(reference.CheckInput{Cfg: c, X: x, Gate: gate, Out: out, TopKIdx: ids,
-					Expert: func(e int) *datagen.Expert { return experts[e] }})
-				if !rep.OK() {
-					return fmt.Errorf("verification: %v", rep.Failures)
-				}
-				return nil
-			}()
-		}()
-	}
-	wg.Wait()
+	errs := transport.NewLocal(w, 0).Run(func(comm transport.Comm) error {
+		r := comm.Rank()
+		m, err := checkpoint.Open(dir)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		cfg, err := m.Config(layer)
+		if err != nil {
+			return err
+		}
+		cfg.MaxTokens, cfg.Seed = 32, 9
+		weights, err := m.Load(layer, r, w)
+		if err != nil {
+			return err
+		}
+		rt, err := rank.Open(comm, cfg, rank.Options{})
+		if err != nil {
+			return err
+		}
+		defer rt.Close()
+		l, err := rt.AddLayer(cfg, weights)
+		if err != nil {
+			return err
+		}
+		tokens := 5 + 9*r
+		x := datagen.Tokens(cfg, r, tokens)
+		out := make([]float32, len(x))
+		if err := l.Forward(tokens, x, out); err != nil {
+			return err
+		}
+		want := naive(ts, n, layer, cfg.Hidden, cfg.FFNHidden, cfg.Experts, cfg.TopK, cfg.Renormalize, x)
+		var d2, r2 float64
+		for i, v := range want {
+			d2 += (float64(out[i]) - v) * (float64(out[i]) - v)
+			r2 += v * v
+		}
+		if rel := math.Sqrt(d2 / r2); !(rel < 1e-6) {
+			return fmt.Errorf("output differs from the tensors' own computation: relative error %g", rel)
+		}
+		// The verification rule, with experts read from the
+		// checkpoint as bench --weights does.
+		ids, _ := l.Routing()
+		need := make([]int, len(ids))
+		for i, e := range ids {
+			need[i] = int(e)
+		}
+		experts, err := m.LoadExperts(layer, need)
+		if err != nil {
+			return err
+		}
+		gate, err := m.Gate(layer)
+		if err != nil {
+			return err
+		}
+		c := cfg
+		c.Tokens = tokens
+		rep := reference.Check(reference.CheckInput{Cfg: c, X: x, Gate: gate, Out: out, TopKIdx: ids,
+			Expert: func(e int) *datagen.Expert { return experts[e] }})
+		if !rep.OK() {
+			return fmt.Errorf("verification: %v", rep.Failures)
+		}
+		return nil
+	})
 	for r, err := range errs {
 		if err != nil {
 			t.Errorf("rank %d: %v", r, err)

@@ -3,7 +3,6 @@ package cpubackend
 import (
 	"fmt"
 	"math"
-	"sync"
 	"testing"
 
 	"github.com/moerun/moerun/internal/backend"
@@ -16,15 +15,7 @@ import (
 // runRanks runs fn on w in-process ranks and collects their errors.
 func runRanks(t *testing.T, w int, fn func(c transport.Comm) error) {
 	t.Helper()
-	l := transport.NewLocal(w, 0)
-	errs := make([]error, w)
-	var wg sync.WaitGroup
-	for r := range w {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[r] = fn(l.Rank(r)) }()
-	}
-	wg.Wait()
-	for r, err := range errs {
+	for r, err := range transport.NewLocal(w, 0).Run(fn) {
 		if err != nil {
 			t.Errorf("rank %d: %v", r, err)
 		}

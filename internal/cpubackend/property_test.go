@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
@@ -129,24 +128,7 @@ func routingProblems(c config.Layer, x, gate []float32, res *backend.Result) []s
 // propRanks runs fn on w in-process ranks with a bounded wait on every
 // collective and returns each rank's error.
 func propRanks(w int, fn func(c transport.Comm) error) []error {
-	l := transport.NewLocal(w, 20*time.Second)
-	errs := make([]error, w)
-	var wg sync.WaitGroup
-	for r := range w {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() {
-				if p := recover(); p != nil {
-					errs[r] = fmt.Errorf("panic: %v", p)
-					l.Rank(r).Abort(1) // release the peers
-				}
-			}()
-			errs[r] = fn(l.Rank(r))
-		}()
-	}
-	wg.Wait()
-	return errs
+	return transport.NewLocal(w, 20*time.Second).Run(fn) // a panic aborts the group: the peers are released
 }
 
 // TestRoutingPropertiesOfBackend runs the CPU backend on random small

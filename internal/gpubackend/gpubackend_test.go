@@ -4,7 +4,6 @@ import (
 	"errors"
 	"math"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -113,30 +112,19 @@ func TestStatusError(t *testing.T) {
 func TestAgree(t *testing.T) {
 	const n = 3
 	l := transport.NewLocal(n, 5*time.Second)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := 0; r < n; r++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine error
-			if r == 2 {
-				mine = errors.New("not a Hopper GPU")
-			}
-			errs[r] = agree(l.Rank(r), "open", mine)
-		}()
-	}
-	wg.Wait()
+	errs := l.Run(func(c transport.Comm) error {
+		var mine error
+		if c.Rank() == 2 {
+			mine = errors.New("not a Hopper GPU")
+		}
+		return agree(c, "open", mine)
+	})
 	for r, err := range errs {
 		if err == nil || !strings.Contains(err.Error(), "rank 2: not a Hopper GPU") {
 			t.Errorf("rank %d: %v", r, err)
 		}
 	}
-	for r := 0; r < n; r++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[r] = agree(l.Rank(r), "open", nil) }()
-	}
-	wg.Wait()
+	errs = l.Run(func(c transport.Comm) error { return agree(c, "open", nil) })
 	for r, err := range errs {
 		if err != nil {
 			t.Errorf("all fine, rank %d: %v", r, err)

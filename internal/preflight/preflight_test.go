@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/moerun/moerun/internal/bench"
@@ -118,23 +117,16 @@ func TestAgree(t *testing.T) {
 		{[]int{2}, "rank 2: boom 2"},
 		{[]int{1, 3}, "rank 1: boom 1 (and 1 more ranks)"},
 	} {
-		l := transport.NewLocal(4, 0)
-		got := make([]error, 4)
-		var wg sync.WaitGroup
-		for r := range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				var local error
-				for _, f := range tc.fail {
-					if f == r {
-						local = errors.New("boom " + string(rune('0'+r)))
-					}
+		got := transport.NewLocal(4, 0).Run(func(c transport.Comm) error {
+			r := c.Rank()
+			var local error
+			for _, f := range tc.fail {
+				if f == r {
+					local = errors.New("boom " + string(rune('0'+r)))
 				}
-				got[r] = Agree(l.Rank(r), local)
-			}()
-		}
-		wg.Wait()
+			}
+			return Agree(c, local)
+		})
 		for r, err := range got {
 			if (err == nil) != (tc.want == "") || (err != nil && err.Error() != tc.want) {
 				t.Errorf("fail %v: rank %d got %v, want %q", tc.fail, r, err, tc.want)
@@ -158,26 +150,17 @@ func TestCheckSameRun(t *testing.T) {
 		{nil, "gpu", "rank 1 runs backend=gpu, rank 0 runs backend=cpu"},
 		{[]string{"--capacity-factor", "1"}, "cpu", "rank 1 runs capacity-factor=1, rank 0 runs capacity-factor=0"},
 	} {
-		l := transport.NewLocal(2, 0)
-		errs := make([]error, 2)
-		var wg sync.WaitGroup
-		for r := range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				args, backend := base, "cpu"
-				if r == 1 {
-					args, backend = append(append([]string(nil), base...), tc.rank1...), tc.backend
-				}
-				o, err := bench.ParseFlags(args, io.Discard)
-				if err != nil {
-					errs[r] = err
-					return
-				}
-				errs[r] = CheckSameRun(l.Rank(r), o, backend)
-			}()
-		}
-		wg.Wait()
+		errs := transport.NewLocal(2, 0).Run(func(c transport.Comm) error {
+			args, backend := base, "cpu"
+			if c.Rank() == 1 {
+				args, backend = append(append([]string(nil), base...), tc.rank1...), tc.backend
+			}
+			o, err := bench.ParseFlags(args, io.Discard)
+			if err != nil {
+				return err
+			}
+			return CheckSameRun(c, o, backend)
+		})
 		for r, err := range errs {
 			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.want)) {
 				t.Errorf("rank 1 %v %s: rank %d got %v, want %q", tc.rank1, tc.backend, r, err, tc.want)

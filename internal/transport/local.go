@@ -38,6 +38,32 @@ func NewLocal(size int, timeout time.Duration) *Local {
 // Rank returns the communicator of rank r in the group.
 func (l *Local) Rank(r int) Comm { return &localComm{l: l, rank: r} }
 
+// Run calls fn once for every rank of the group, each in its own goroutine
+// with that rank's communicator, and returns what each returned, by rank,
+// once all have. A panic in fn becomes that rank's error and aborts the
+// group, so that its peers leave their collectives instead of waiting out
+// the timeout.
+func (l *Local) Run(fn func(c Comm) error) []error {
+	errs := make([]error, l.size)
+	var wg sync.WaitGroup
+	for r := range l.size {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := l.Rank(r)
+			defer func() {
+				if p := recover(); p != nil {
+					errs[r] = fmt.Errorf("rank %d panicked: %v", r, p)
+					c.Abort(1)
+				}
+			}()
+			errs[r] = fn(c)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
 type localComm struct {
 	l    *Local
 	rank int

@@ -3,27 +3,15 @@ package transport
 import (
 	"errors"
 	"fmt"
-	"sync"
+	"strings"
 	"testing"
 	"time"
 )
 
-func each(t *testing.T, l *Local, n int, fn func(c Comm) error) []error {
-	t.Helper()
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for r := range n {
-		wg.Add(1)
-		go func() { defer wg.Done(); errs[r] = fn(l.Rank(r)) }()
-	}
-	wg.Wait()
-	return errs
-}
-
 func TestLocalCollectives(t *testing.T) {
 	const n = 3
 	l := NewLocal(n, time.Minute)
-	for r, err := range each(t, l, n, func(c Comm) error {
+	for r, err := range l.Run(func(c Comm) error {
 		me := c.Rank()
 		if err := c.Barrier(); err != nil {
 			return err
@@ -98,6 +86,38 @@ func TestLocalAbortReleasesWaiters(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("abort did not release the waiting rank")
+	}
+}
+
+// Run gives every rank its own communicator and goroutine, returns the
+// errors by rank, and turns a panic into that rank's error while releasing
+// the peers blocked in a collective.
+func TestLocalRunReturnsErrorsByRankAndSurvivesAPanic(t *testing.T) {
+	l := NewLocal(3, time.Minute)
+	errs := l.Run(func(c Comm) error {
+		if err := c.Barrier(); err != nil {
+			return err
+		}
+		if c.Rank() == 1 {
+			return fmt.Errorf("rank %d of %d", c.Rank(), c.Size())
+		}
+		return nil
+	})
+	if errs[0] != nil || errs[2] != nil || errs[1] == nil || errs[1].Error() != "rank 1 of 3" {
+		t.Errorf("errors by rank: %v", errs)
+	}
+	start := time.Now()
+	errs = NewLocal(2, time.Minute).Run(func(c Comm) error {
+		if c.Rank() == 0 {
+			panic("boom")
+		}
+		return c.Barrier() // released by rank 0's abort
+	})
+	if errs[0] == nil || !strings.Contains(errs[0].Error(), "panicked: boom") || errs[1] == nil {
+		t.Errorf("after a panic: %v", errs)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the peer waited %v for the panicked rank", d)
 	}
 }
 
