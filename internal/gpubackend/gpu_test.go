@@ -50,6 +50,18 @@ func needHopper(t *testing.T) {
 	}
 }
 
+// firstBitDiff is the first index of a whose bits differ from b's (an index
+// past the end of b counts as different), or -1: the outputs that must be
+// bitwise equal.
+func firstBitDiff(a, b []float32) int {
+	for i := range a {
+		if i >= len(b) || math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
 // ref is a plain float64 computation of one rank's forward on one rank
 // (world 1): every expert is local, capacity counts this rank's pairs.
 type ref struct {
@@ -337,10 +349,8 @@ func TestForwardOneRank(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					for i := range plain.Out {
-						if math.Float32bits(plain.Out[i]) != math.Float32bits(g.Out[i]) {
-							t.Fatalf("%s T=%d graph forward %d differs at %d: %g vs %g", dt, T, rep, i, g.Out[i], plain.Out[i])
-						}
+					if i := firstBitDiff(plain.Out, g.Out); i >= 0 {
+						t.Fatalf("%s T=%d graph forward %d differs at %d: %g vs %g", dt, T, rep, i, g.Out[i], plain.Out[i])
 					}
 					t.Logf("%s T=%d graph forward %d: %v (%d graphs)", dt, T, rep, tm.Elapsed, len(b.graphs))
 				}
@@ -387,11 +397,9 @@ func TestForwardOneRank(t *testing.T) {
 			}
 			same := func(a, b int) {
 				ra, rb := res[a], res[b]
-				for i := range ra.Out {
-					if math.Float32bits(ra.Out[i]) != math.Float32bits(rb.Out[i]) {
-						t.Fatalf("%s: out[%d] with flags %d = %g, with flags %d = %g: the local gather must not change a bit",
-							tc.name, i, a, ra.Out[i], b, rb.Out[i])
-					}
+				if i := firstBitDiff(ra.Out, rb.Out); i >= 0 {
+					t.Fatalf("%s: out[%d] with flags %d = %g, with flags %d = %g: the local gather must not change a bit",
+						tc.name, i, a, ra.Out[i], b, rb.Out[i])
 				}
 			}
 			same(0, kernels.FlagLocalGather)
@@ -451,11 +459,9 @@ func TestForwardOneRank(t *testing.T) {
 						first = r
 						continue
 					}
-					for i := range r.Out {
-						if math.Float32bits(r.Out[i]) != math.Float32bits(first.Out[i]) {
-							t.Fatalf("%s %s: out[%d] with flags %d = %g, with flags %d = %g: the TMA loads must not change a bit",
-								dt, tc.name, i, f, r.Out[i], flags[0], first.Out[i])
-						}
+					if i := firstBitDiff(r.Out, first.Out); i >= 0 {
+						t.Fatalf("%s %s: out[%d] with flags %d = %g, with flags %d = %g: the TMA loads must not change a bit",
+							dt, tc.name, i, f, r.Out[i], flags[0], first.Out[i])
 					}
 				}
 				t.Logf("%s %s: flags %v bitwise equal", dt, tc.name, flags)
@@ -495,10 +501,8 @@ func TestForwardOneRank(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for i := range plain.Out {
-				if math.Float32bits(plain.Out[i]) != math.Float32bits(traced.Out[i]) {
-					t.Fatalf("%s: tracing changed out[%d]: %g vs %g", dt, i, traced.Out[i], plain.Out[i])
-				}
+			if i := firstBitDiff(plain.Out, traced.Out); i >= 0 {
+				t.Fatalf("%s: tracing changed out[%d]: %g vs %g", dt, i, traced.Out[i], plain.Out[i])
 			}
 			evs, err := b.TraceEvents()
 			if err != nil {
@@ -685,10 +689,8 @@ func forwardCase(t *testing.T, b *Backend, c config.Layer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range res.Out {
-		if math.Float32bits(res.Out[i]) != math.Float32bits(again.Out[i]) {
-			t.Fatalf("second forward differs at %d: %g vs %g", i, res.Out[i], again.Out[i])
-		}
+	if i := firstBitDiff(res.Out, again.Out); i >= 0 {
+		t.Fatalf("second forward differs at %d: %g vs %g", i, res.Out[i], again.Out[i])
 	}
 	t.Logf("%s: rel. error %.3g, %v, SM util %.2f, %d bytes put", c.DType, e, tm.Elapsed, tm.SMUtil, tm.BytesPut)
 }
@@ -876,10 +878,8 @@ func TestLayers(t *testing.T) {
 						first[id] = res.Out
 						continue
 					}
-					for i := range res.Out {
-						if math.Float32bits(res.Out[i]) != math.Float32bits(first[id][i]) {
-							t.Fatalf("layer %d, second round: out[%d] = %g, first round %g", id, i, res.Out[i], first[id][i])
-						}
+					if i := firstBitDiff(res.Out, first[id]); i >= 0 {
+						t.Fatalf("layer %d, second round: out[%d] = %g, first round %g", id, i, res.Out[i], first[id][i])
 					}
 				}
 			}
