@@ -11,8 +11,8 @@
 // - processors take tasks:
 //   GEMM0 tickets from an atomic counter, in arrival order: ticket i is valid
 //     once a published arrival covers it; task = (row tile, I-column tile),
-//     row-tile-major (small forwards: column-major over all sources, see
-//     g0_col_major):
+//     row-tile-major (small forwards: pooled row tiles, column-major, see
+//     pool_sources):
 //     act(A.W1 + b1) (or silu(A.Wg) * (A.Wu)) into the intermediate buffer.
 //     The block that completes the last GEMM0 tile of a row tile appends the
 //     row tile to the GEMM1 queue (g1_list).
@@ -63,20 +63,138 @@ __device__ __forceinline__ uint64_t tmap_of(const MoeParams& p, int i) {
   return (p.flags & MOE_FLAG_TMA) != 0 ? reinterpret_cast<uint64_t>(&p.tmap[i * MOE_TMAP_WORDS]) : 0;
 }
 
-// Small forwards (few rows per source and expert): every expert's weights
-// would stream from HBM once per source, each source's row tiles a wave of
-// their own. Instead the owner publishes the sources together, once all have
-// arrived, and hands out GEMM0 and GEMM1 tasks column-tile-major over all row
-// tiles: the W row tiles of an expert that read the same weight slab run at
-// the same time and share it through L2. Chosen by the owner alone (its own
-// T stands for the sources'); -DMOE_MERGE_ROWS=0 turns it off.
+// Small forwards (few rows per source and expert): with a row tile per
+// (source, expert), every task would be a 128-row tile of a few rows, each
+// expert's weight slabs read once per source, W times the tasks. Instead the
+// owner waits for all sources and pools them (pool_tiles): the per-source
+// tiles of an expert, in arrival order, are packed whole into pooled row
+// tiles of up to 128 rows, whose rows the tasks gather from the sources'
+// receive regions; GEMM0 and GEMM1 tasks go out column-tile-major, so the
+// pooled tiles that read one weight slab run at the same time. Chosen by the
+// owner alone (its own T stands for the sources'); -DMOE_MERGE_ROWS=0 turns
+// it off.
 #ifndef MOE_MERGE_ROWS
 #define MOE_MERGE_ROWS 32  // at most this many kept rows per expert on average
 #endif
 constexpr int kMergeRows = MOE_MERGE_ROWS;
-__device__ __forceinline__ bool g0_col_major(const MoeParams& p) {
-  return p.world > 1 && tc_mode(p) &&
+__device__ __forceinline__ bool pool_sources(const MoeParams& p) {
+  return kMergeRows > 0 && p.world > 1 && tc_mode(p) &&
          static_cast<int64_t>(p.tokens) * p.topk <= static_cast<int64_t>(p.experts) * kMergeRows;
+}
+
+// A pooled row tile's descriptor: src = -(segments), row0 = index in rt_desc
+// of its first segment; its segments follow, each a per-source row tile of
+// the same expert (a source's rows of one expert are split into tiles of
+// 128, so a pooled tile holds at most one segment per source).
+__device__ __forceinline__ bool is_pooled(const MoeRowTile& d) { return d.src < 0; }
+__device__ __forceinline__ int pooled_segments(const MoeRowTile& d) { return -d.src; }
+
+// Per-row tables of a tensor-core task in the phase buffer: the A row
+// addresses until the tile starts (in stage 0; pooled tiles), and, kept
+// across the tile (past the stages), the row's output index (rowtab) and
+// source (rowsrc; pooled GEMM1).
+constexpr int kTcRowTabOff = kTcMainBytes;              // int [kTcTileM]
+constexpr int kTcRowSrcOff = kTcBarOff + 2 * kTcStages * 8;  // u8 [kTcTileM], after the TMA mbarriers
+constexpr int kTcSegOff = kTcTileM * static_cast<int>(sizeof(void*));  // int [3][kMaxWorld], in stage 0
+static_assert(kTcRowSrcOff + kTcTileM <= kTcPhaseUsable, "row tables fit the phase buffer");
+static_assert(kTcSegOff + 3 * kMaxWorld * 4 <= kTcStageBytes, "pooled tile tables fit stage 0");
+static_assert(kMaxWorld <= 256, "a pooled row's source fits a byte");
+// The OS block's tables while it pools (W >= 2, so E/W <= kMaxExperts / 2):
+// rows, tiles, cseg, cmt [E/W + 1] each, ptile [W][E/W + 1], tgt [W].
+static_assert((4 * (kMaxExperts / 2 + 1) + kMaxExperts + 2 * kMaxWorld) * 4 <= kTcPhaseUsable,
+              "the pooling tables fit the phase buffer");
+
+// Whether a segment of r rows joins a pooled tile that holds segs segments of
+// rows rows so far: an expert's segments (its per-source tiles, in order) are
+// packed whole while the rows fit kTcTileM. The kMaxWorld bound is a guard:
+// a source's tiles of one expert are full but for its last, so a pooled tile
+// holds at most one segment per source.
+__device__ __forceinline__ bool pool_fits(int segs, int rows, int r) {
+  return segs == 0 || (rows + r <= kTcTileM && segs < kMaxWorld);
+}
+
+// After the last arrival of a pooled forward (pool_sources): copies the N
+// per-source tiles expert-major to rt_desc[N..2N) (the segments; arrival n's
+// tiles of expert le are ptile[n][le]..ptile[n][le + 1]), writes the M pooled
+// tiles over rt_desc[0..M), sets each source's GEMM1 task count and
+// publishes: arr_tile0[W] = M, arr_task0[W] = M * GEMM0 column tiles, then
+// arr_n = W. Every thread of the OS block calls it; one thread per expert.
+// Returns M, or -2N when the tables cannot hold the segments (nothing
+// published). Out of line, and without the Ctx: a Ctx whose address a call
+// takes lives in local memory for the whole kernel.
+__device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptile) {
+  const int W = p.world, El = p.experts_per_rank;
+  const int nt0 = g0_col_tiles(p), nt1 = g1_col_tiles(p);
+  MoeSched* s = sched_of(p);
+  MoeRowTile* desc = reinterpret_cast<MoeRowTile*>(p.rt_desc);
+  int* cseg = ptile + W * (El + 1);  // [El + 1] segments of expert le, then their prefix
+  int* cmt = cseg + (El + 1);        // [El + 1] pooled tiles of le, then their prefix
+  int* tgt = cmt + (El + 1);         // [W] GEMM1 tasks per source
+  const int N = ptile[W * (El + 1) - 1];
+  if (2 * N > p.max_row_tiles) return -2 * N;  // cannot happen with a plan from symheap (2x the tiles)
+  for (int i = threadIdx.x; i < W; i += kThreads) tgt[i] = 0;
+  // Segments and pooled tiles per expert (the same packing as below).
+  for (int le = threadIdx.x; le < El; le += kThreads) {
+    int segs = 0, tiles = 0, tsegs = 0, trows = 0;
+    for (int n = 0; n < W; ++n) {
+      for (int t = ptile[n * (El + 1) + le]; t < ptile[n * (El + 1) + le + 1]; ++t) {
+        const int r = ld_cg(&desc[t].nrows);
+        if (!pool_fits(tsegs, trows, r)) tsegs = trows = 0;
+        if (tsegs == 0) ++tiles;
+        ++tsegs;
+        trows += r;
+        ++segs;
+      }
+    }
+    cseg[le] = segs;
+    cmt[le] = tiles;
+  }
+  __syncthreads();
+  block_exclusive_scan(cseg, El, sh);
+  const int M = block_exclusive_scan(cmt, El, sh);
+  for (int le = threadIdx.x; le < El; le += kThreads) {
+    int q = N + cseg[le];
+    for (int n = 0; n < W; ++n) {
+      for (int t = ptile[n * (El + 1) + le]; t < ptile[n * (El + 1) + le + 1]; ++t) {
+        *reinterpret_cast<int4*>(desc + q++) = __ldcg(reinterpret_cast<const int4*>(desc + t));
+      }
+    }
+  }
+  __syncthreads();  // the segments are in place; rt_desc[0..N) may be overwritten
+  for (int le = threadIdx.x; le < El; le += kThreads) {
+    const int q0 = N + cseg[le], nseg = cseg[le + 1] - cseg[le];
+    int m = cmt[le], first = 0, tsegs = 0, trows = 0;
+    auto emit = [&]() {
+      MoeRowTile d;
+      d.src = -tsegs;
+      d.le = le;
+      d.row0 = q0 + first;
+      d.nrows = trows;
+      desc[m++] = d;
+    };
+    for (int i = 0; i < nseg; ++i) {
+      const int4 v = *reinterpret_cast<const int4*>(desc + q0 + i);  // this thread's own stores above
+      if (!pool_fits(tsegs, trows, v.w)) {
+        emit();
+        first = i;
+        tsegs = trows = 0;
+      }
+      ++tsegs;
+      trows += v.w;
+      atomicAdd(&tgt[v.x], nt1);
+    }
+    if (tsegs > 0) emit();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < W; ++i) s->ret_target[i] = tgt[i];
+    s->arr_tile0[W] = M;
+    s->arr_task0[W] = M * nt0;
+    __threadfence();
+    st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(W));
+  }
+  __syncthreads();
+  return M;
 }
 
 // The subscriber loop of the OS block. Returns false after an abort.
@@ -86,8 +204,10 @@ __device__ inline bool os_subscribe(Ctx& c) {
   const int nt0 = g0_col_tiles(p), nt1 = g1_col_tiles(p), tm = row_tile_rows(p);
   MoeSched* s = sched_of(p);
   const uint64_t* sig = reinterpret_cast<const uint64_t*>(my_heap(p, p.off_sig_dispatch));
+  const bool pool = pool_sources(p);
   int* rows = reinterpret_cast<int*>(c.phase);     // [El + 1] row prefix
   int* tiles = rows + (El + 1);                    // [El + 1] tile prefix
+  int* ptile = tiles + (El + 1);                   // pool: [W][El + 1] first tile of (arrival, expert)
   MoeRowTile* desc = reinterpret_cast<MoeRowTile*>(p.rt_desc);
   uint64_t arrived = 0;  // bit s: source s decoded (thread 0's view)
   uint64_t t0 = globaltimer();
@@ -138,6 +258,9 @@ __device__ inline bool os_subscribe(Ctx& c) {
     block_exclusive_scan(rows, El, c.sh);
     const int ntiles = block_exclusive_scan(tiles, El, c.sh);
     const int tile0 = ld_cg(&s->arr_tile0[n]);
+    if (pool) {
+      for (int le = threadIdx.x; le <= El; le += kThreads) ptile[n * (El + 1) + le] = tile0 + tiles[le];
+    }
     const int room = p.max_row_tiles - tile0;
     if (ntiles > room) {  // cannot happen with a plan from symheap; refuse rather than overrun
       if (threadIdx.x == 0) watchdog_trip(c, MOE_STATUS_BAD_PARAMS, MOE_WAIT_DISPATCH, src, 0, ntiles, room);
@@ -161,8 +284,8 @@ __device__ inline bool os_subscribe(Ctx& c) {
       s->arr_task0[n + 1] = ld_cg(&s->arr_task0[n]) + ntiles * nt0;
       s->ret_target[src] = ntiles * nt1;
       __threadfence();
-      // Column-major GEMM0: all sources published at once, after the last.
-      if (!g0_col_major(p) || n + 1 == W) st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(n + 1));
+      // Pooled: all sources published at once, after the last (pool_tiles).
+      if (!pool) st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(n + 1));
       if (ntiles == 0) send_signal(c, p.off_sig_return, src);
       const uint64_t t1 = globaltimer();
       c.busy += t1 - tw;
@@ -171,6 +294,18 @@ __device__ inline bool os_subscribe(Ctx& c) {
     __syncthreads();
     t0 = globaltimer();  // the next source gets a full watchdog period from here
     tw0 = t0;
+  }
+  if (!pool) return true;
+  const uint64_t tw = threadIdx.x == 0 ? globaltimer() : 0;
+  const int m = pool_tiles(p, c.sh, ptile);
+  if (m < 0) {
+    if (threadIdx.x == 0) watchdog_trip(c, MOE_STATUS_BAD_PARAMS, MOE_WAIT_DISPATCH, -1, 0, -m, p.max_row_tiles);
+    return false;
+  }
+  if (threadIdx.x == 0) {  // the pooling, as a decode event of no source
+    const uint64_t t1 = globaltimer();
+    c.busy += t1 - tw;
+    trace_ev(c, MOE_EV_DECODE, tw, t1, -1, m);
   }
   return true;
 }
@@ -192,7 +327,7 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
   MoeSched* s = sched_of(p);
   const int W = p.world;
   const int nt0 = g0_col_tiles(p), nt1 = g1_col_tiles(p);
-  const bool col_major = g0_col_major(p);
+  const bool col_major = pool_sources(p);
   const uint64_t t0 = globaltimer();
   // Waiting for work is legitimate while a slow peer's rows are on their way:
   // the OS block's watchdog covers that. This bound is only a backstop.
@@ -283,17 +418,27 @@ __device__ inline void finish_gemm0(Ctx& c, int rt) {
   }
 }
 
-// After a GEMM1 task's stores into source src's return rows (bytes of them
-// remote): the block that completes src's last GEMM1 task sends its signal.
-__device__ inline void finish_gemm1(Ctx& c, int src, uint64_t bytes) {
+// After a GEMM1 task's stores into the return rows of row tile d's sources
+// (row_bytes per row, counted when remote): the block that completes a
+// source's last GEMM1 task sends it its signal.
+__device__ inline void finish_gemm1(Ctx& c, const MoeRowTile& d, uint64_t row_bytes) {
   const MoeParams& p = c.p;
   __syncthreads();
   if (threadIdx.x == 0) {
-    if (src != p.rank) c.bytes += bytes;
     MoeSched* sc = sched_of(p);
     __threadfence_system();
-    const int done = atomicAdd(&sc->ret_done[src], 1) + 1;
-    if (done == ld_cg(&sc->ret_target[src])) send_signal(c, p.off_sig_return, src);
+    const int nseg = is_pooled(d) ? pooled_segments(d) : 1;
+    for (int i = 0; i < nseg; ++i) {
+      int src = d.src, rows = d.nrows;
+      if (is_pooled(d)) {  // segment i
+        const int4 v = __ldcg(reinterpret_cast<const int4*>(reinterpret_cast<const MoeRowTile*>(p.rt_desc) + d.row0 + i));
+        src = v.x;
+        rows = v.w;
+      }
+      if (src != p.rank) c.bytes += static_cast<uint64_t>(rows) * row_bytes;
+      const int done = atomicAdd(&sc->ret_done[src], 1) + 1;
+      if (done == ld_cg(&sc->ret_target[src])) send_signal(c, p.off_sig_return, src);
+    }
   }
 }
 
@@ -382,10 +527,63 @@ __device__ inline void run_gemm1(Ctx& c, const MoeRowTile& d, int nt) {
     st4(ret + slot * H + n, make_float4(acc[0][i][0] + bias[0], acc[0][i][1] + bias[1], acc[0][i][2] + bias[2],
                                         acc[0][i][3] + bias[3]));
   }
-  finish_gemm1(c, d.src, static_cast<uint64_t>(d.nrows) * kTileN * sizeof(float));
+  finish_gemm1(c, d, kTileN * sizeof(float));
 }
 
 // ---- tensor-core tasks (tf32, bf16) ----------------------------------------
+
+// The rows of pooled row tile d (is_pooled) before its tile: row r lies in
+// the segment whose rows cover r (in order). Sets g.arow of this thread's
+// loader rows and keeps across the tile rowtab[r] and rowsrc[r]:
+//   GEMM0 (base = received rows): A from the row in recv (this rank's own
+//     rows under LOCAL_GATHER: from x, by token); rowtab = that row (the
+//     intermediate's row), rowsrc unused;
+//   GEMM1 (base = the intermediate): A from its row; rowtab = the return
+//     slot t*k+j at the row's source, rowsrc = the source.
+// Every thread calls it; the block has synchronised on return. Out of line
+// (it is not hot) and without the Ctx (see pool_tiles).
+struct TcRowPtrs {
+  const void* a[kTcPasses];
+};
+__device__ __noinline__ TcRowPtrs pooled_rows(const MoeParams& p, unsigned char* phase, MoeRowTile d, bool gemm1,
+                                              const char* base, int64_t rowbytes) {
+  const int tid = threadIdx.x, nseg = pooled_segments(d);
+  const char** aptr = reinterpret_cast<const char**>(phase);  // [kTcTileM], until the tile's loads
+  int* seg = reinterpret_cast<int*>(phase + kTcSegOff);       // source, first row, rows [kMaxWorld] each
+  int* rowtab = reinterpret_cast<int*>(phase + kTcRowTabOff);
+  unsigned char* rowsrc = phase + kTcRowSrcOff;
+  const int* meta = reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta));
+  if (tid < nseg) {
+    const int4 v = __ldcg(reinterpret_cast<const int4*>(reinterpret_cast<const MoeRowTile*>(p.rt_desc) + d.row0 + tid));
+    seg[tid] = v.x;
+    seg[kMaxWorld + tid] = v.x * p.rows_per_source + v.z;
+    seg[2 * kMaxWorld + tid] = v.w;
+  }
+  __syncthreads();
+  if (tid < d.nrows) {
+    int i = 0, r0 = 0;
+    while (i + 1 < nseg && tid >= r0 + seg[2 * kMaxWorld + i]) r0 += seg[2 * kMaxWorld + i++];
+    const int src = seg[i], row = seg[kMaxWorld + i] + (tid - r0);
+    const char* a = base + row * rowbytes;
+    if (gemm1) {
+      rowtab[tid] = ld_cg(meta + row);
+      rowsrc[tid] = static_cast<unsigned char>(src);
+    } else {
+      rowtab[tid] = row;
+      if (src == p.rank && local_gather(p)) a = reinterpret_cast<const char*>(p.x) + (ld_cg(meta + row) / p.topk) * rowbytes;
+    }
+    aptr[tid] = a;
+  }
+  __syncthreads();
+  TcRowPtrs out;
+#pragma unroll
+  for (int i = 0; i < kTcPasses; ++i) {
+    const int r = (tid >> 3) + kTcRowsPerPass * i;
+    out.a[i] = r < d.nrows ? aptr[r] : base;  // base: never read (past nrows)
+  }
+  __syncthreads();  // every thread holds its rows before the tile's loads overwrite aptr
+  return out;
+}
 
 // GEMM0: act(A.W1 + b1) or silu(A.Wg) * (A.Wu) for rows of row tile d and
 // output columns nt*w..+w (w = 128, or 64 for swiglu) into the intermediate,
@@ -395,7 +593,9 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
   using T = typename Mma::T;
   const MoeParams& p = c.p;
   const int H = p.hidden, I = p.ffn_hidden;
-  const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;  // row in recv / inter
+  const bool pooled = is_pooled(d);
+  // Row in recv / inter (pooled: per row, rowtab).
+  const int64_t grow = pooled ? 0 : static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
   constexpr int kW = tc_out_cols<NB>();
   const int n0 = nt * kW;
   TcArgs<NB> g;
@@ -413,32 +613,41 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
   g.brow0 = d.le * I + n0;
   const int op = NB == 2 ? kOpSwiGLU : (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU);
   const float* bias = NB == 1 ? reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0 : nullptr;
+  // Gathered A rows (the cp.async loader: a TMA box of one row would not be
+  // swizzled by its row, params.h MOE_TMAP_*): a pooled tile's, and under
+  // LOCAL_GATHER this rank's own rows, which were not copied: read from x by
+  // token (return slot t*k+j / k). Row tid/8 + 32 i of the tile is this
+  // thread's loader row of pass i.
   bool gathered = false;
-  if constexpr (!Mma::kTF32) {
-    if (d.src == p.rank && local_gather(p)) {
-      // This rank's own rows were not copied: read them from x by token
-      // (return slot t*k+j / k). Row tid/8 + 32 i of the tile is this
-      // thread's loader row of pass i. The cp.async loader: a TMA box of
-      // one row would not be swizzled by its row (params.h MOE_TMAP_*).
-      const int* meta = reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow;
-      const int lr = threadIdx.x >> 3;
-      int tk[4];
+  if (pooled) {
+    const TcRowPtrs r = pooled_rows(p, c.phase, d, false, my_heap(p, p.off_recv_rows), static_cast<int64_t>(H) * sizeof(T));
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = lr + kTcRowsPerPass * i;
-        tk[i] = r < d.nrows ? ld_cg(meta + r) / p.topk : 0;
-      }
-      g.a = reinterpret_cast<const T*>(p.x);
-      g.atok = make_int4(tk[0], tk[1], tk[2], tk[3]);
-      tc_tile_stage<Mma, NB, true>(g, c.phase, op, bias);
-      gathered = true;
+    for (int i = 0; i < kTcPasses; ++i) g.arow[i] = r.a[i];
+    gathered = true;
+  } else if (!Mma::kTF32 && d.src == p.rank && local_gather(p)) {
+    const int* meta = reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow;
+    const T* x = reinterpret_cast<const T*>(p.x);
+#pragma unroll
+    for (int i = 0; i < kTcPasses; ++i) {
+      const int r = (threadIdx.x >> 3) + kTcRowsPerPass * i;
+      g.arow[i] = r < d.nrows ? x + static_cast<int64_t>(ld_cg(meta + r) / p.topk) * H : x;
     }
+    gathered = true;
   }
-  if (!gathered) tc_tile_stage<Mma, NB>(g, c.phase, op, bias);
+  if (gathered) {
+    tc_tile_run<Mma, NB, true>(g, c.phase, op, bias);
+  } else {
+    tc_tile_run<Mma, NB>(g, c.phase, op, bias);
+  }
   const float* cs = reinterpret_cast<const float*>(c.phase);
   __syncthreads();
-  T* out = reinterpret_cast<T*>(p.inter) + grow * I + n0;
-  tc_copy_out<T>(cs, d.nrows, g.ncols, Mma::kTF32, [&](int r) { return out + static_cast<int64_t>(r) * I; });
+  T* out = reinterpret_cast<T*>(p.inter) + n0;
+  if (pooled) {
+    const int* rowtab = reinterpret_cast<const int*>(c.phase + kTcRowTabOff);
+    tc_copy_out<T>(cs, d.nrows, g.ncols, Mma::kTF32, [&](int r) { return out + static_cast<int64_t>(rowtab[r]) * I; });
+  } else {
+    tc_copy_out<T>(cs, d.nrows, g.ncols, Mma::kTF32, [&](int r) { return out + (grow + r) * I; });
+  }
   finish_gemm0(c, rt);
 }
 
@@ -450,9 +659,10 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
   using T = typename Mma::T;
   const MoeParams& p = c.p;
   const int H = p.hidden, I = p.ffn_hidden;
-  const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
-  int* slots = reinterpret_cast<int*>(c.phase + kTcMainBytes);  // untouched by the tile
-  if (threadIdx.x < d.nrows) {
+  const bool pooled = is_pooled(d);
+  const int64_t grow = pooled ? 0 : static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
+  int* slots = reinterpret_cast<int*>(c.phase + kTcRowTabOff);  // return slots, untouched by the tile
+  if (!pooled && threadIdx.x < d.nrows) {
     slots[threadIdx.x] = ld_cg(reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow + threadIdx.x);
   }
   const int n0 = nt * kTcTileN;
@@ -470,13 +680,27 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
   const float* bias = p.ffn != MOE_FFN_SWIGLU
                           ? reinterpret_cast<const float*>(p.b2) + static_cast<int64_t>(d.le) * H + n0
                           : nullptr;
-  tc_tile_stage<Mma, 1>(g, c.phase, kOpNone, bias);  // the tile's first __syncthreads also publishes slots[]
+  if (pooled) {
+    const TcRowPtrs r =
+        pooled_rows(p, c.phase, d, true, reinterpret_cast<const char*>(p.inter), static_cast<int64_t>(I) * sizeof(T));
+#pragma unroll
+    for (int i = 0; i < kTcPasses; ++i) g.arow[i] = r.a[i];
+    tc_tile_run<Mma, 1, true>(g, c.phase, kOpNone, bias);
+  } else {
+    tc_tile_run<Mma, 1>(g, c.phase, kOpNone, bias);  // the tile's first __syncthreads also publishes slots[]
+  }
   const float* cs = reinterpret_cast<const float*>(c.phase);
   __syncthreads();
-  T* ret = reinterpret_cast<T*>(peer_heap(c, d.src, p.off_ret_rows)) + n0;
-  tc_copy_out<T>(cs, d.nrows, g.ncols, false,
-                 [&](int r) { return ret + static_cast<int64_t>(slots[r]) * H; });
-  finish_gemm1(c, d.src, static_cast<uint64_t>(d.nrows) * g.ncols * sizeof(T));
+  if (pooled) {
+    const unsigned char* rowsrc = c.phase + kTcRowSrcOff;
+    tc_copy_out<T>(cs, d.nrows, g.ncols, false, [&](int r) {
+      return reinterpret_cast<T*>(peer_heap(c, rowsrc[r], p.off_ret_rows)) + n0 + static_cast<int64_t>(slots[r]) * H;
+    });
+  } else {
+    T* ret = reinterpret_cast<T*>(peer_heap(c, d.src, p.off_ret_rows)) + n0;
+    tc_copy_out<T>(cs, d.nrows, g.ncols, false, [&](int r) { return ret + static_cast<int64_t>(slots[r]) * H; });
+  }
+  finish_gemm1(c, d, static_cast<uint64_t>(g.ncols) * sizeof(T));
 }
 
 // One task of the tensor-core modes.
@@ -531,7 +755,7 @@ __device__ inline bool process(Ctx& c) {
       const uint64_t t1 = globaltimer();
       c.busy += t1 - t0;
       c.tasks += 1;
-      trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, d.src, trt, tnt,
+      trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, is_pooled(d) ? -1 : d.src, trt, tnt,
                p.rank * p.experts_per_rank + d.le);
     }
     __syncthreads();

@@ -89,6 +89,9 @@ constexpr int kTcKBytes = MOE_TC_K_BYTES;
 constexpr int kTcStages = MOE_TC_STAGES;
 constexpr int kTcStageBytes = (kTcTileM + kTcTileN) * kTcKBytes;
 constexpr int kTcMainBytes = kTcStages * kTcStageBytes;  // stages; slots follow
+// Stages of a short tile (<= 64 rows: 64 A rows and 128 B rows a stage) in
+// the same bytes.
+constexpr int kTcShortStages = kTcMainBytes / ((64 + kTcTileN) * kTcKBytes);
 constexpr int kTcCsStride = kTcTileN + 8;                // floats per staged output row (+8: no bank conflicts)
 constexpr int kTcWarpM = 64, kTcWarpN = 32;              // warp tile
 constexpr int kTcRowsPerPass = kThreads * 16 / kTcKBytes;  // rows one cp.async pass covers (32)
@@ -97,9 +100,12 @@ constexpr int kTcPasses = kTcTileM / kTcRowsPerPass;       // cp.async per threa
 static_assert(kTcTileM == 128 && kTcTileN == 128 && kTcKBytes == 128, "the tile code assumes 128 x 128 x 128 B");
 static_assert(kWarps == (kTcTileM / kTcWarpM) * (kTcTileN / kTcWarpN), "8 warps of 64 x 32");
 static_assert(kTcStages >= 2, "cp.async pipeline needs at least 2 stages");
+static_assert(kTcShortStages >= kTcStages && ((64 + kTcTileN) * kTcKBytes) % 1024 == 0 && (64 * kTcKBytes) % 1024 == 0,
+              "short-tile stages and their B parts start on 1024-byte swizzle boundaries");
 static_assert(kTcTileM * kTcCsStride * 4 <= kTcMainBytes, "the staged output tile fits the stage buffers");
 // The TMA loader's mbarriers: full[s] then empty[s], 8 bytes each, after the
-// row slots (kTcTileM ints) that the GEMM1 epilogue keeps across the tile.
+// row slots (kTcTileM ints) that the epilogues keep across the tile (the
+// per-row sources of pooled tiles follow them: expert.cuh kTcRowSrcOff).
 constexpr int kTcBarOff = kTcMainBytes + kTcTileM * 4;
 constexpr int kTcWarpgroups = kThreads / 128;
 static_assert(kTcBarOff + 2 * kTcStages * 8 <= kTcPhaseUsable,
@@ -109,7 +115,7 @@ static_assert(kTcStageBytes % 1024 == 0 && (kTcTileM * kTcKBytes) % 1024 == 0 &&
               "every stage and its B part start on a 1024-byte swizzle boundary");
 constexpr int kTcAcc = kTcTileM * kTcTileN / kThreads;  // fp32 accumulators per thread (64)
 static_assert(kTcPasses * kTcRowsPerPass == kTcTileM && kTcTileN == kTcTileM, "loader covers A and B");
-static_assert(kTcPasses == 4, "TcArgs::atok holds one row per loader pass");
+static_assert(kTcPasses == 4, "a loader thread covers rows tid/8 + 32 i, i < 4 (TcArgs::arow)");
 
 // ---- PTX wrappers ----------------------------------------------------------
 
@@ -305,10 +311,10 @@ struct TcArgs {
   int64_t ldb;
   int ncols;
   int K;
-  // kGather only: the A rows (indices into a, rows lda apart) of this
-  // thread's loader rows tid/8 + 32 i, i = 0..3 (x, y, z, w); rows past
-  // mrows are never read.
-  int4 atok;
+  // kGather only: where the A rows of this thread's loader rows tid/8 + 32 i
+  // (i < kTcPasses) start (a is then unused but for rows past mrows, which
+  // are never read). Per-thread values: each thread passes its own rows.
+  const void* arow[kTcPasses];
   // TMA loader (tmap != 0; wgmma builds only): generic address of the
   // CUtensorMap of A, followed by those of the B operands (kTmapBytes
   // apart), the tile's first row in A's map and its first row in the B maps
@@ -346,10 +352,12 @@ __device__ __forceinline__ TcPos tc_acc_pos(int i) {
 // One stage's MMAs of this thread's warpgroup: its 64 A rows (a_off into the
 // stage at sst) times the stage's 128 B rows, kTcKBytes / 32 k-steps, issued
 // asynchronously and committed as one group (both mainloops).
-template <class Mma>
+// The stage's B rows start after its kAm A rows (kTcTileM; 64 in a short
+// tile's stage).
+template <class Mma, int kAm = kTcTileM>
 __device__ __forceinline__ void tc_wgmma_stage(float (&acc)[kTcAcc], uint32_t sst, uint32_t a_off) {
   const uint64_t da = wgmma_desc(sst + a_off);
-  const uint64_t db = wgmma_desc(sst + kTcTileM * kTcKBytes);
+  const uint64_t db = wgmma_desc(sst + kAm * kTcKBytes);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < kTcKBytes / 32; ++kk) {
@@ -410,11 +418,12 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
   // Warpgroup wg multiplies A rows 64 wg..+63 by all 128 B rows; a k-step
   // is 32 bytes of every row, +2 in the descriptors' 16-byte units.
   const uint32_t a_off = static_cast<uint32_t>((tid >> 7) * 64 * kTcKBytes);
+  const bool wg_rows = (tid >> 7) * 64 < g.mrows;  // no MMAs for rows past mrows (as in the cp.async loop)
   int st = 0;
   uint32_t phase = 0;  // parity of step kt's use of stage st
   for (int kt = 0; kt < ksteps; ++kt) {
     mbar_wait(bars + 8 * st, phase);
-    tc_wgmma_stage<Mma>(acc, sbase + static_cast<uint32_t>(st * kTcStageBytes), a_off);
+    if (wg_rows) tc_wgmma_stage<Mma>(acc, sbase + static_cast<uint32_t>(st * kTcStageBytes), a_off);
     wgmma_wait<1>(acc);  // step kt - 1's MMAs are done: its stage is free
     if (kt > 0) {
       const int ps = st == 0 ? kTcStages - 1 : st - 1;
@@ -442,12 +451,23 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
 
 // On return acc holds the tile (tc_acc_pos), all cp.async groups and MMAs
 // have completed and the block has synchronised: the caller may reuse smem.
-// kGather: A row r of the tile is row atok(r) of a (one 16-byte chunk per
-// cp.async as always; LOCAL_GATHER reads the rank's own rows from x so).
-template <class Mma, int NB, bool kGather = false>
+// kGather: A row r of the tile starts at the address its loader thread holds
+// in arow (one 16-byte chunk per cp.async as always): LOCAL_GATHER reads the
+// rank's own rows from x so, pooled tiles the rows of several sources.
+// kShort (mrows <= 64, wgmma builds, the cp.async loader): a stage holds 64
+// A rows and the 128 B rows (24 KB), so the same buffer holds one stage more
+// (kTcShortStages): a small tile streams its weight slab with more bytes in
+// flight (small forwards wait on that, not on the tensor cores); only
+// warpgroup 0 multiplies.
+template <class Mma, int NB, bool kGather = false, bool kShort = false>
 __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[kTcAcc]) {
   using T = typename Mma::T;
   constexpr int kEs = static_cast<int>(sizeof(T));
+  constexpr bool kShortA = kShort && MOE_TC_WGMMA;
+  constexpr int kAm = kShortA ? 64 : kTcTileM;                  // A rows of a stage
+  constexpr int kStageBytes = (kAm + kTcTileN) * kTcKBytes;     // bytes of a stage
+  constexpr int kStages = kShortA ? kTcShortStages : kTcStages;  // stages in the buffer
+  constexpr int kAPasses = kAm / kTcRowsPerPass;                // A loader passes
   const int tid = threadIdx.x;
 #pragma unroll
   for (int i = 0; i < kTcAcc; ++i) acc[i] = 0.f;
@@ -482,36 +502,35 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
     bcol0 = lr & 15;
     bcolstep = 16;
   }
-  const char* abase = static_cast<const char*>(g.a) + lc * 16;  // kGather
-  const int64_t arowb = g.lda * kEs;
-  const int atok[4] = {g.atok.x, g.atok.y, g.atok.z, g.atok.w};
   const char* afall = static_cast<const char*>(g.a);     // never read (src-size 0)
   const char* bfall = static_cast<const char*>(g.b[0]);
   const int ksteps = g.K * kEs / kTcKBytes;
   auto load = [&](int stage, int kt) {
-    const uint32_t s = sbase + static_cast<uint32_t>(stage * kTcStageBytes) + st_off;
+    const uint32_t s = sbase + static_cast<uint32_t>(stage * kStageBytes) + st_off;
     const int64_t koff = static_cast<int64_t>(kt) * kTcKBytes;
 #pragma unroll
     for (int i = 0; i < kTcPasses; ++i) {
-      const bool va = lr + kTcRowsPerPass * i < g.mrows;
-      const char* ai = kGather ? abase + static_cast<int64_t>(atok[i]) * arowb : asrc + i * astep;
-      cp_async16(s + i * kTcRowsPerPass * kTcKBytes, va ? ai + koff : afall, va);
+      if (i < kAPasses) {
+        const bool va = lr + kTcRowsPerPass * i < g.mrows;
+        const char* ai = kGather ? static_cast<const char*>(g.arow[i]) + lc * 16 : asrc + i * astep;
+        cp_async16(s + i * kTcRowsPerPass * kTcKBytes, va ? ai + koff : afall, va);
+      }
       const bool vb = bcol0 + bcolstep * i < g.ncols;
-      cp_async16(s + (kTcTileM + i * kTcRowsPerPass) * kTcKBytes, vb ? bsrc + i * bstep + koff : bfall, vb);
+      cp_async16(s + (kAm + i * kTcRowsPerPass) * kTcKBytes, vb ? bsrc + i * bstep + koff : bfall, vb);
     }
   };
 
 #pragma unroll
-  for (int s = 0; s < kTcStages - 1; ++s) {
+  for (int s = 0; s < kStages - 1; ++s) {
     if (s < ksteps) load(s, s);
     cp_async_commit();
   }
   // At step kt (in stage buffer st), after the barrier that frees the buffer
-  // of step kt - 1: start the copies of step kt + kTcStages - 1 into it.
+  // of step kt - 1: start the copies of step kt + kStages - 1 into it.
   auto load_next = [&](int kt, int st) {
-    const int nk = kt + kTcStages - 1;
-    int ns = st + kTcStages - 1;
-    if (ns >= kTcStages) ns -= kTcStages;
+    const int nk = kt + kStages - 1;
+    int ns = st + kStages - 1;
+    if (ns >= kStages) ns -= kStages;
     if (nk < ksteps) load(ns, nk);
     cp_async_commit();
   };
@@ -519,16 +538,20 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
   // Warpgroup g multiplies A rows 64g..+63 by all 128 B rows; a k-step is 32
   // bytes of every row, i.e. +2 in the descriptors' 16-byte address units.
   const uint32_t a_off = static_cast<uint32_t>((tid >> 7) * 64 * kTcKBytes);
+  // A warpgroup whose 64 rows all lie past mrows (a tile of at most 64 rows)
+  // issues no MMAs: its accumulators stay 0 and are never stored, and the
+  // tensor cores do half the work. Uniform over the warpgroup.
+  const bool wg_rows = (tid >> 7) * 64 < (kShortA ? 64 : g.mrows);
   int st = 0;  // stage buffer of step kt
   for (int kt = 0; kt < ksteps; ++kt) {
-    cp_async_wait<kTcStages - 2>();  // this thread's copies of step kt have landed
-    fence_proxy_async_smem();        // ... and are visible to the tensor cores' reads
-    wgmma_wait<0>(acc);              // this warpgroup is done reading step kt - 1
-    __syncthreads();                 // everyone's copies landed; step kt - 1's buffer is free
+    cp_async_wait<kStages - 2>();  // this thread's copies of step kt have landed
+    fence_proxy_async_smem();      // ... and are visible to the tensor cores' reads
+    wgmma_wait<0>(acc);            // this warpgroup is done reading step kt - 1
+    __syncthreads();               // everyone's copies landed; step kt - 1's buffer is free
     load_next(kt, st);
     // The MMAs run while the threads wait for step kt + 1.
-    tc_wgmma_stage<Mma>(acc, sbase + static_cast<uint32_t>(st * kTcStageBytes), a_off);
-    if (++st == kTcStages) st = 0;
+    if (wg_rows) tc_wgmma_stage<Mma, kAm>(acc, sbase + static_cast<uint32_t>(st * kStageBytes), a_off);
+    if (++st == kStages) st = 0;
   }
   wgmma_wait<0>(acc);
 #else
@@ -638,11 +661,22 @@ __device__ __forceinline__ void tc_stage(const float (&acc)[kTcAcc], float* cs, 
 // function, the MMAs stay asynchronous; the call costs nothing next to a tile.
 // On return the block has NOT synchronised after staging: sync before
 // reading cs.
-template <class Mma, int NB, bool kGather = false>
+template <class Mma, int NB, bool kGather = false, bool kShort = false>
 __device__ __noinline__ void tc_tile_stage(const TcArgs<NB> g, unsigned char* smem, int op, const float* bias) {
   float acc[kTcAcc];
-  tc_gemm_tile<Mma, NB, kGather>(g, smem, acc);
+  tc_gemm_tile<Mma, NB, kGather, kShort>(g, smem, acc);
   tc_stage<NB>(acc, reinterpret_cast<float*>(smem), op, bias, g.ncols);
+}
+
+// The tile of g (staged into smem as tc_tile_stage): a short tile (kShort)
+// when it has at most 64 rows and loads with cp.async.
+template <class Mma, int NB, bool kGather = false>
+__device__ __forceinline__ void tc_tile_run(const TcArgs<NB>& g, unsigned char* smem, int op, const float* bias) {
+  if (g.mrows <= 64 && (kGather || g.tmap == 0)) {
+    tc_tile_stage<Mma, NB, kGather, true>(g, smem, op, bias);
+  } else {
+    tc_tile_stage<Mma, NB, kGather>(g, smem, op, bias);
+  }
 }
 
 // 16-byte vector of 4 fp32 (tf32-rounded when asked) or 8 bf16 from cs.

@@ -207,7 +207,7 @@ __device__ inline void tile_test_run(const MoeTileTest& t, unsigned char* smem) 
   g.K = t.k;
   // Maps of A, B0, B1, consecutive (t.tma 0: the cp.async loader).
   g.tmap = t.tma != 0 ? reinterpret_cast<uint64_t>(&t.tmap[0]) : 0;
-  tc_tile_stage<Mma, NB>(g, smem, kOpNone, nullptr);
+  tc_tile_run<Mma, NB>(g, smem, kOpNone, nullptr);
   const float* cs = reinterpret_cast<const float*>(smem);
   __syncthreads();
   if (blockIdx.x != 0) return;  // a throughput run: every block computes the tile, block 0 reports it

@@ -12,7 +12,7 @@ import "unsafe"
 
 // Constants shared with params.h (TestConstantsMatchParamsH compares them).
 const (
-	ABIVersion = 4 // MOE_ABI_VERSION
+	ABIVersion = 5 // MOE_ABI_VERSION
 
 	Threads  = 256 // MOE_THREADS: threads per block
 	TileM    = 64  // MOE_TILE_M: rows (tokens) per fp32 GEMM tile; the smallest row tile of any mode

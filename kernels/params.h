@@ -17,7 +17,7 @@
 
 /* Bumped whenever a struct or constant below changes meaning; the kernel
  * exports it (moerun_abi_version) and the host refuses a cubin that differs. */
-#define MOE_ABI_VERSION 4
+#define MOE_ABI_VERSION 5
 
 /* Block shape and tiles. The host needs kThreads (launch), the tile sizes
  * (task counts, row-tile bounds of the heap plan) and the limits. */
@@ -37,7 +37,7 @@
 #endif
 /* Dynamic shared memory of every block (the phase buffer that GEMM stages,
  * epilogue staging and prefix tables share). tf32/bf16: the tensor-core
- * stages plus 1 KB (row slots) plus MOE_PHASE_ALIGN (the kernel aligns the
+ * stages plus 1 KB (per-row tables and the TMA mbarriers) plus MOE_PHASE_ALIGN (the kernel aligns the
  * buffer's start to it: wgmma reads the stages with the hardware's 128-byte
  * swizzle, whose pattern is fixed by address bits up to 1024); the largest,
  * it sizes the grid. fp32: what
@@ -120,8 +120,10 @@
  *   W2    transposed [E/W * H][I], box rows MOE_TC_TILE_N.
  * A GEMM's maps are consecutive (A, then its B operands): RECV W1 WU for
  * GEMM0, INTER W2 for GEMM1; the kernel passes the tile one address.
- * The bf16 LOCAL_GATHER tiles (own rows read from x by token) keep the
- * cp.async loader: a TMA box of one row is not swizzled by its row. */
+ * Gathered tiles keep the cp.async loader (a TMA box of one row is not
+ * swizzled by its row): the bf16 LOCAL_GATHER tiles (own rows read from x by
+ * token) and the pooled row tiles of small forwards (rows of several
+ * sources). */
 #define MOE_TMAP_WORDS 16
 #define MOE_TMAP_RECV 0
 #define MOE_TMAP_W1 1
@@ -242,11 +244,14 @@ typedef struct MoeStatus {
 } MoeStatus;
 
 /* One row tile of received rows: <= MOE_TILE_M (fp32) or MOE_TC_TILE_M
- * (tf32, bf16) rows of one (source, local expert). */
+ * (tf32, bf16) rows of one (source, local expert). A pooled tile (small
+ * tf32/bf16 forwards, expert.cuh pool_tiles) holds the rows of several
+ * sources' tiles of one expert: src = -(its segments), row0 = the index in
+ * rt_desc of the first of them, which are per-source tiles. */
 typedef struct MoeRowTile {
-    int32_t src;   /* source rank */
+    int32_t src;   /* source rank; pooled: -(segments) */
     int32_t le;    /* local expert */
-    int32_t row0;  /* first row inside the source's receive region */
+    int32_t row0;  /* first row inside the source's receive region; pooled: first segment */
     int32_t nrows; /* 1..rows of the mode's row tile */
 } MoeRowTile;
 
@@ -258,8 +263,10 @@ typedef struct MoeSched {
     uint32_t g1_tail;   /* GEMM1 queue slots allocated (row tiles whose GEMM0 is complete) */
     uint32_t arr_n;     /* sources whose dispatch has arrived and been decoded */
     int32_t arr_src[MOE_MAX_WORLD];        /* source of the n-th arrival */
-    int32_t arr_task0[MOE_MAX_WORLD + 1];  /* first GEMM0 ticket of the n-th arrival */
-    int32_t arr_tile0[MOE_MAX_WORLD + 1];  /* first row tile of the n-th arrival */
+    /* first GEMM0 ticket / row tile of the n-th arrival; pooled forwards: [W]
+     * is the pooled tiles' GEMM0 tickets / pooled tiles */
+    int32_t arr_task0[MOE_MAX_WORLD + 1];
+    int32_t arr_tile0[MOE_MAX_WORLD + 1];
     int32_t ret_done[MOE_MAX_WORLD];       /* GEMM1 tasks done per source */
     int32_t ret_target[MOE_MAX_WORLD];     /* GEMM1 tasks per source */
     uint32_t disp_done[2];                 /* dispatch blocks done: [0] own rows' role, [1] other owners' */

@@ -64,6 +64,12 @@ for w in $GPUS; do
       --hidden 256,2048 --ffn-hidden 256,2048 --experts 32 --topk 2 --capacity-factor 0,1 --iters 2 --warmup 0
   job "w${w}_skew" "$w" 120 --verify --dtype fp32 --route skew --ffn relu,swiglu --tokens 1,100,4096 --hidden 256 \
       --ffn-hidden 512 --experts 8 --topk 2 --capacity-factor 0,1 --iters 2 --warmup 0
+  # Small tensor-core forwards pool the sources' rows of an expert into shared
+  # row tiles (expert.cuh pool_tiles); skewed routing sends every token to
+  # experts 0 and 1: 1 to 256 rows per source and expert (one to four sources
+  # per pooled tile, 128-row segments), and owners that receive nothing.
+  job "w${w}_skew_pooled" "$w" 120 --verify --dtype tf32,bf16 --route skew --ffn relu,swiglu --tokens 0,1,50,100,256 \
+      --hidden 256 --ffn-hidden 512 --experts 16 --topk 2 --iters 2 --warmup 0
 
   # A withheld signal must end every rank with the watchdog's message, never
   # hang: with a 2 s watchdog the whole job (bootstrap and weights included)

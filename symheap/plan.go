@@ -53,9 +53,11 @@ type Layout struct {
 	// RowsPerSource is MaxTokens*min(k, E/W): the most rows one source can
 	// send to one owner (a token reaches an owner at most min(k, E/W) times).
 	RowsPerSource int
-	// MaxRowTiles bounds the row tiles (<= TileM rows of one (source, local
-	// expert); TileM is the smallest row tile of any mode) an owner can
-	// receive in one forward: W*(ceil(RPS/TileM) + E/W).
+	// MaxRowTiles is the capacity of the row-tile tables: twice the row tiles
+	// (<= TileM rows of one (source, local expert); TileM is the smallest row
+	// tile of any mode) an owner can receive in one forward,
+	// 2*W*(ceil(RPS/TileM) + E/W): a pooled small forward keeps its
+	// per-source tiles, reordered, after them (kernels/expert.cuh pool_tiles).
 	MaxRowTiles int
 	ElemSize    uint64 // bytes of a stored token / weight / intermediate element (4; 2 in bf16)
 	RetElemSize uint64 // bytes of a returned-row element (4; 2 in bf16)
@@ -138,7 +140,7 @@ func Plan(cfg config.Layer, world int) (Layout, error) {
 		ElemSize: ElemSize(cfg.DType), RetElemSize: ElemSize(cfg.DType),
 	}
 	p.RowsPerSource = cfg.MaxTokens * min(cfg.TopK, el)
-	p.MaxRowTiles = world * (ceilDiv(p.RowsPerSource, kernels.TileM) + el)
+	p.MaxRowTiles = 2 * world * (ceilDiv(p.RowsPerSource, kernels.TileM) + el)
 
 	w, t, h, i, e, k := u(world), u(cfg.MaxTokens), u(cfg.Hidden), u(cfg.FFNHidden), u(cfg.Experts), u(cfg.TopK)
 	rps, lel, es := u(p.RowsPerSource), u(el), p.ElemSize
@@ -267,7 +269,7 @@ func (p Layout) TraceEvents(grid int) (perBlock int) {
 	e, h, t := p.Experts, p.Hidden, p.MaxTokens
 	gate := ceilDiv(t, kernels.TileM) * ceilDiv(e, kernels.TileN) * kernels.GateMaxSplit
 	cols := ceilDiv(p.FFNHidden, kernels.TileN) + ceilDiv(h, kernels.TileN) // the narrowest (fp32) column tiles
-	tasks := gate + e + p.MaxRowTiles*cols
+	tasks := gate + e + p.MaxRowTiles/2*cols                                // half the capacity: the row tiles themselves
 	perBlock = 2*ceilDiv(tasks, grid) + 64
 	return min(max(perBlock, 256), 8192)
 }

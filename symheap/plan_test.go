@@ -63,7 +63,7 @@ func TestPlanSizes(t *testing.T) {
 	if p.Status.Size != uint64(kernels.StatusSize) {
 		t.Errorf("status %d, want %d", p.Status.Size, kernels.StatusSize)
 	}
-	if want := 4 * (16384/64 + 8); p.MaxRowTiles != want {
+	if want := 2 * 4 * (16384/64 + 8); p.MaxRowTiles != want {
 		t.Errorf("MaxRowTiles %d, want %d", p.MaxRowTiles, want)
 	}
 	if p.Wu.Name != "" || p.B1.Size != 8*2048*4 || p.B2.Size != 8*2048*4 {
@@ -149,7 +149,7 @@ func TestPlanZeroTokens(t *testing.T) {
 	}
 	checkArena(t, "symmetric", p.SymRegions(), p.SymTotal)
 	checkArena(t, "local", p.LocalRegions(), p.LocalTotal)
-	if p.MaxRowTiles != 2*(0+2) {
+	if p.MaxRowTiles != 2*2*(0+2) {
 		t.Errorf("MaxRowTiles %d", p.MaxRowTiles)
 	}
 }

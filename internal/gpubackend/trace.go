@@ -34,7 +34,7 @@ const (
 	TraceTopK         TraceKind = kernels.EvTopK         // a block's softmax + top-k: A tokens
 	TraceRoute        TraceKind = kernels.EvRoute        // one expert's route scan: A expert, B kept pairs
 	TraceDispatch     TraceKind = kernels.EvDispatch     // a block's dispatch: Src 1 copying other owners' rows, 0 the own rows; A rows
-	TraceGEMM0        TraceKind = kernels.EvGEMM0        // GEMM0 task: Src source rank, A row tile, B column tile, Expert
+	TraceGEMM0        TraceKind = kernels.EvGEMM0        // GEMM0 task: Src source rank (-1: a pooled tile of several), A row tile, B column tile, Expert
 	TraceGEMM1        TraceKind = kernels.EvGEMM1        // GEMM1 task: as GEMM0
 	TraceCombine      TraceKind = kernels.EvCombine      // a block's combine: A tokens
 	TraceBarrier      TraceKind = kernels.EvBarrier      // grid barrier, arrival to release: A barrier number (1..3)
