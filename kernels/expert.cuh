@@ -72,9 +72,12 @@ __device__ __forceinline__ uint64_t tmap_of(const MoeParams& p, int i) {
 // receive regions; GEMM0 and GEMM1 tasks go out column-tile-major, so the
 // pooled tiles that read one weight slab run at the same time. Chosen by the
 // owner alone (its own T stands for the sources'); -DMOE_MERGE_ROWS=0 turns
-// it off.
+// it off. Up to 128 rows per source and expert on average (one tile's worth):
+// measured faster than the per-source order through T = 2048 at E = 32, 4
+// GPUs (docs/benchmarks.md, fifth session); above that a source's rows fill
+// whole tiles and the overlap with the dispatch matters more.
 #ifndef MOE_MERGE_ROWS
-#define MOE_MERGE_ROWS 32  // at most this many kept rows per expert on average
+#define MOE_MERGE_ROWS 128  // at most this many kept rows per source and expert on average
 #endif
 constexpr int kMergeRows = MOE_MERGE_ROWS;
 __device__ __forceinline__ bool pool_sources(const MoeParams& p) {
