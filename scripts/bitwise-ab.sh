@@ -7,7 +7,10 @@
 #   scripts/bitwise-ab.sh build/a/moerun.cubin build/b/moerun.cubin
 #   W=4 TOKENS=128,512 DTYPES=bf16,tf32 scripts/bitwise-ab.sh embedded build/x/moerun.cubin
 #
-# "embedded" names the binary's own cubin. Other shape flags: ARGS (default
+# "embedded" names the binary's own cubin. FLAGS_A / FLAGS_B: kernel flags
+# (MOERUN_KERNEL_FLAGS) of the first / second run, to compare two switches of
+# one cubin (FLAGS_A=7 FLAGS_B=15 scripts/bitwise-ab.sh embedded embedded).
+# Other shape flags: ARGS (default
 # H = 512, I = 1024, E = 32, k = 2, relu and swiglu: the dump also writes
 # inputs and weights, so the shape stays small). Exit 0 when every
 # output file is identical; logs and dumps under LOGDIR ($OUT or
@@ -28,10 +31,13 @@ mkdir -p "$LOGDIR"
 i=0
 for cb in "$1" "$2"; do
   i=$((i + 1))
-  args=()
+  args=() envs=()
+  flags_var=FLAGS_A
+  [ "$i" = 2 ] && flags_var=FLAGS_B
+  [ -n "${!flags_var:-}" ] && envs=(MOERUN_KERNEL_FLAGS="${!flags_var}")
   [ "$cb" = embedded ] || { [ -f "$cb" ] || { echo "bitwise-ab: $cb: no such cubin" >&2; exit 2; }; args=(--cubin "$PWD/$cb"); }
   rm -rf "$LOGDIR/dump$i"
-  if ! timeout -k 10 300 "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${shape[@]}" --tokens "$TOKENS" \
+  if ! timeout -k 10 300 env "${envs[@]}" "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${shape[@]}" --tokens "$TOKENS" \
     --dtype "$DTYPES" --iters 1 --warmup 0 --verify --dump "$LOGDIR/dump$i" >"$LOGDIR/run$i.log" 2>&1; then
     echo "bitwise-ab: the run with $cb failed:"; tail -5 "$LOGDIR/run$i.log"; exit 1
   fi
@@ -42,5 +48,5 @@ for f in "$LOGDIR"/dump1/cfg*/rank*/out.npy; do
   files=$((files + 1))
   cmp -s "$f" "${f/dump1/dump2}" || { diffs=$((diffs + 1)); echo "bitwise-ab: differs: ${f#"$LOGDIR"/dump1/}"; }
 done
-echo "bitwise-ab: W=$W tokens $TOKENS dtypes $DTYPES: $files output files, $diffs differ ($1 vs $2)"
+echo "bitwise-ab: W=$W tokens $TOKENS dtypes $DTYPES: $files output files, $diffs differ ($1${FLAGS_A:+ flags $FLAGS_A} vs $2${FLAGS_B:+ flags $FLAGS_B})"
 [ "$files" -gt 0 ] && [ "$diffs" -eq 0 ]

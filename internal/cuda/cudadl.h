@@ -43,10 +43,54 @@ typedef int CUtensorMapInterleave;  // enum CUtensorMapInterleave_enum
 typedef int CUtensorMapSwizzle;     // enum CUtensorMapSwizzle_enum
 typedef int CUtensorMapL2promotion; // enum CUtensorMapL2promotion_enum
 typedef int CUtensorMapFloatOOBfill; // enum CUtensorMapFloatOOBfill_enum
+typedef int CUlaunchAttributeID; // enum CUlaunchAttributeID_enum
+// cuda.h's union has more members, pointers among them: 64 bytes, 8-aligned.
+typedef union CUlaunchAttributeValue_union {
+	char pad[64];
+	void *align_;
+	int cooperative;
+	struct {
+		unsigned int x;
+		unsigned int y;
+		unsigned int z;
+	} clusterDim;
+} CUlaunchAttributeValue;
+typedef struct CUlaunchAttribute_st {
+	CUlaunchAttributeID id;
+	char pad[8 - sizeof(CUlaunchAttributeID)];
+	CUlaunchAttributeValue value;
+} CUlaunchAttribute;
+typedef struct CUlaunchConfig_st {
+	unsigned int gridDimX;
+	unsigned int gridDimY;
+	unsigned int gridDimZ;
+	unsigned int blockDimX;
+	unsigned int blockDimY;
+	unsigned int blockDimZ;
+	unsigned int sharedMemBytes;
+	CUstream hStream;
+	CUlaunchAttribute *attrs;
+	unsigned int numAttrs;
+} CUlaunchConfig;
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_INVALID_VALUE 1
 #define CUDA_ERROR_OUT_OF_MEMORY 2
 #endif
+
+// Launch attribute ids (CUlaunchAttributeID) that mr_launch_ex sets; their
+// own names so that TestPrototypesMatchCudaH sees them next to cuda.h's.
+#define MR_LAUNCH_ATTRIBUTE_COOPERATIVE 2       // CU_LAUNCH_ATTRIBUTE_COOPERATIVE
+#define MR_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION 4 // CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+
+// The offsets mr_launch_ex relies on, asserted of whichever declarations are
+// in use: ours in the Go build, cuda.h's in TestPrototypesMatchCudaH (which
+// also compares the sizes).
+_Static_assert(offsetof(CUlaunchAttribute, value) == 8, "CUlaunchAttribute.value");
+_Static_assert(offsetof(CUlaunchAttributeValue, clusterDim.z) == 8, "CUlaunchAttributeValue.clusterDim");
+_Static_assert(offsetof(CUlaunchConfig, sharedMemBytes) == 24, "CUlaunchConfig.sharedMemBytes");
+_Static_assert(offsetof(CUlaunchConfig, hStream) == 32, "CUlaunchConfig.hStream");
+_Static_assert(offsetof(CUlaunchConfig, attrs) == 40, "CUlaunchConfig.attrs");
+_Static_assert(offsetof(CUlaunchConfig, numAttrs) == 48, "CUlaunchConfig.numAttrs");
 
 // Error handling and initialisation.
 typedef CUresult (*pfn_cuGetErrorName)(CUresult, const char **);
@@ -114,6 +158,9 @@ typedef CUresult (*pfn_cuLaunchKernel)(CUfunction, unsigned int, unsigned int, u
 typedef CUresult (*pfn_cuLaunchCooperativeKernel)(CUfunction, unsigned int, unsigned int,
                                                   unsigned int, unsigned int, unsigned int,
                                                   unsigned int, unsigned int, CUstream, void **);
+// Launch attributes: cooperative and cluster launches (CUDA 11.8 and newer).
+typedef CUresult (*pfn_cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
+typedef CUresult (*pfn_cuOccupancyMaxActiveClusters)(int *, CUfunction, const CUlaunchConfig *);
 
 // Tensor maps (TMA descriptors; CUDA 12.0 and newer).
 typedef CUresult (*pfn_cuTensorMapEncodeTiled)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
@@ -391,6 +438,70 @@ static inline CUresult mr_launch(void *f, int cooperative, uintptr_t fn, unsigne
 	}
 	free(copy);
 	return r;
+}
+
+// mr_launch_config fills cfg for a launch of fn's geometry on stream s with
+// the attributes at attrs: cooperative when coop, in clusters of
+// clusterX x 1 x 1 blocks.
+static inline void mr_launch_config(CUlaunchConfig *cfg, CUlaunchAttribute attrs[2], int coop,
+                                    unsigned int clusterX, unsigned int gx, unsigned int gy,
+                                    unsigned int gz, unsigned int bx, unsigned int by,
+                                    unsigned int bz, unsigned int smem, uintptr_t s) {
+	memset(attrs, 0, 2 * sizeof attrs[0]);
+	memset(cfg, 0, sizeof *cfg);
+	unsigned int n = 0;
+	if (coop) {
+		attrs[n].id = (CUlaunchAttributeID)MR_LAUNCH_ATTRIBUTE_COOPERATIVE;
+		attrs[n++].value.cooperative = 1;
+	}
+	attrs[n].id = (CUlaunchAttributeID)MR_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+	attrs[n].value.clusterDim.x = clusterX;
+	attrs[n].value.clusterDim.y = 1;
+	attrs[n++].value.clusterDim.z = 1;
+	cfg->gridDimX = gx, cfg->gridDimY = gy, cfg->gridDimZ = gz;
+	cfg->blockDimX = bx, cfg->blockDimY = by, cfg->blockDimZ = bz;
+	cfg->sharedMemBytes = smem;
+	cfg->hStream = MR_H(CUstream, s);
+	cfg->attrs = attrs;
+	cfg->numAttrs = n;
+}
+
+// mr_launch_ex launches fn with cuLaunchKernelEx in clusters of
+// clusterX x 1 x 1 blocks, cooperatively when coop; the argument as for
+// mr_launch.
+static inline CUresult mr_launch_ex(void *f, int coop, unsigned int clusterX, uintptr_t fn,
+                                    unsigned int gx, unsigned int gy, unsigned int gz,
+                                    unsigned int bx, unsigned int by, unsigned int bz,
+                                    unsigned int smem, uintptr_t s, const void *arg, size_t n) {
+	CUlaunchConfig cfg;
+	CUlaunchAttribute attrs[2];
+	mr_launch_config(&cfg, attrs, coop, clusterX, gx, gy, gz, bx, by, bz, smem, s);
+	void *copy = NULL;
+	void *params[1] = {NULL};
+	void **kp = NULL;
+	if (n > 0) {
+		copy = malloc(n);
+		if (copy == NULL) return (CUresult)CUDA_ERROR_OUT_OF_MEMORY;
+		memcpy(copy, arg, n);
+		params[0] = copy;
+		kp = params;
+	}
+	CUresult r = ((pfn_cuLaunchKernelEx)f)(&cfg, MR_H(CUfunction, fn), kp, NULL);
+	free(copy);
+	return r;
+}
+
+// mr_cuOccupancyMaxActiveClusters asks how many clusters of clusterX x 1 x 1
+// blocks of a launch of this geometry fit on the device at once.
+static inline CUresult mr_cuOccupancyMaxActiveClusters(void *f, int *clusters, uintptr_t fn,
+                                                       unsigned int clusterX, unsigned int gx,
+                                                       unsigned int gy, unsigned int gz,
+                                                       unsigned int bx, unsigned int by,
+                                                       unsigned int bz, unsigned int smem) {
+	CUlaunchConfig cfg;
+	CUlaunchAttribute attrs[2];
+	mr_launch_config(&cfg, attrs, 0, clusterX, gx, gy, gz, bx, by, bz, smem, 0);
+	return ((pfn_cuOccupancyMaxActiveClusters)f)(clusters, MR_H(CUfunction, fn), &cfg);
 }
 
 static inline CUresult mr_cuStreamBeginCapture(void *f, uintptr_t s, int mode) {

@@ -102,6 +102,8 @@ const (
 	symOccupancyMaxActiveBlocksPerMultiprocessor
 	symLaunchKernel
 	symLaunchCooperativeKernel
+	symLaunchKernelEx
+	symOccupancyMaxActiveClusters
 	symTensorMapEncodeTiled
 	symStreamBeginCapture
 	symStreamEndCapture
@@ -198,6 +200,10 @@ var symbols = [numSyms]symbolSpec{
 	symOccupancyMaxActiveBlocksPerMultiprocessor: req("cuOccupancyMaxActiveBlocksPerMultiprocessor"),
 	symLaunchKernel:            req("cuLaunchKernel"),
 	symLaunchCooperativeKernel: req("cuLaunchCooperativeKernel"),
+	// CUDA 11.8 and newer; only the kernel's opt-in cluster launch
+	// (kernels.FlagPair) needs them.
+	symLaunchKernelEx:             opt("cuLaunchKernelEx"),
+	symOccupancyMaxActiveClusters: opt("cuOccupancyMaxActiveClusters"),
 	// CUDA 12.0 and newer; only the kernel's opt-in TMA loads need it (a
 	// forward that asks for them without it fails with a clear error).
 	symTensorMapEncodeTiled: opt("cuTensorMapEncodeTiled"),

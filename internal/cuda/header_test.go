@@ -111,6 +111,12 @@ func TestPrototypesMatchCudaH(t *testing.T) {
 		{tensorL2Promote256B, "CU_TENSOR_MAP_L2_PROMOTION_L2_256B"},
 		{int64(unsafe.Sizeof(TensorMap{})), "sizeof(CUtensorMap)"},
 		{4, "sizeof(CUresult)"},
+		{launchAttrCooperative, "CU_LAUNCH_ATTRIBUTE_COOPERATIVE"},
+		{launchAttrClusterDimension, "CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION"},
+		{launchAttributeSize, "sizeof(CUlaunchAttribute)"},
+		{launchAttributeValueSize, "sizeof(CUlaunchAttributeValue)"},
+		{8, "_Alignof(CUlaunchAttributeValue)"},
+		{launchConfigSize, "sizeof(CUlaunchConfig)"},
 		{4, "sizeof(CUdevice)"},
 	}
 	for code, name := range resultNames {

@@ -57,6 +57,67 @@ func (d *Driver) launch(coop bool, fn Function, grid, block [3]uint32, smem uint
 		d.funcName(fn), grid, block, smem, len(arg)))
 }
 
+// LaunchCooperativeCluster launches fn cooperatively, as LaunchCooperative
+// does (every block resident at once), in thread-block clusters of
+// clusterX x 1 x 1 blocks, with cuLaunchKernelEx. grid[0] must be a multiple
+// of clusterX, and the clusters must fit at once as well as the blocks: size
+// the grid with OccupancyMaxActiveClusters too. Arguments otherwise as for
+// LaunchCooperative; it can be captured into a graph like it.
+func (d *Driver) LaunchCooperativeCluster(fn Function, grid, block [3]uint32, clusterX uint32, sharedMem uint32, stream Stream, arg []byte) error {
+	s := symLaunchKernelEx
+	f, err := d.need(s)
+	if err != nil {
+		return err
+	}
+	if err := d.checkParams(fn, len(arg)); err != nil {
+		return fmt.Errorf("%s(%s): %w", symbols[s].api, d.funcName(fn), err)
+	}
+	var p unsafe.Pointer
+	if len(arg) > 0 {
+		p = unsafe.Pointer(&arg[0])
+	}
+	r := C.mr_launch_ex(f, 1, C.uint(clusterX), C.uintptr_t(fn),
+		C.uint(grid[0]), C.uint(grid[1]), C.uint(grid[2]),
+		C.uint(block[0]), C.uint(block[1]), C.uint(block[2]),
+		C.uint(sharedMem), C.uintptr_t(stream), p, C.size_t(len(arg)))
+	if r == 0 {
+		return nil
+	}
+	return d.check(r, s, fmt.Sprintf("%s, cooperative, grid %v, block %v, cluster [%d 1 1], %d bytes shared, %d-byte argument",
+		d.funcName(fn), grid, block, clusterX, sharedMem, len(arg)))
+}
+
+// OccupancyMaxActiveClusters is how many clusters of clusterX x 1 x 1
+// blocks of a launch of fn over grid (block threads, sharedMem bytes of
+// dynamic shared memory each) fit on the current context's device at once
+// (cuOccupancyMaxActiveClusters). A cooperative cluster launch may have at
+// most this many clusters; it can be fewer than the blocks that fit per SM
+// times the SM count allow, since a cluster's blocks share one GPC.
+func (d *Driver) OccupancyMaxActiveClusters(fn Function, grid, block [3]uint32, clusterX uint32, sharedMem uint32) (int, error) {
+	s := symOccupancyMaxActiveClusters
+	f, err := d.need(s)
+	if err != nil {
+		return 0, err
+	}
+	var n C.int
+	r := C.mr_cuOccupancyMaxActiveClusters(f, &n, C.uintptr_t(fn), C.uint(clusterX),
+		C.uint(grid[0]), C.uint(grid[1]), C.uint(grid[2]),
+		C.uint(block[0]), C.uint(block[1]), C.uint(block[2]), C.uint(sharedMem))
+	err = d.check(r, s, fmt.Sprintf("%s, grid %v, block %v, cluster [%d 1 1], %d bytes shared",
+		d.funcName(fn), grid, block, clusterX, sharedMem))
+	return int(n), err
+}
+
+// What cudadl.h declares for cuLaunchKernelEx, compared with cuda.h by
+// TestPrototypesMatchCudaH.
+const (
+	launchAttrCooperative      = C.MR_LAUNCH_ATTRIBUTE_COOPERATIVE
+	launchAttrClusterDimension = C.MR_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+	launchAttributeSize        = C.sizeof_CUlaunchAttribute
+	launchAttributeValueSize   = C.sizeof_CUlaunchAttributeValue
+	launchConfigSize           = C.sizeof_CUlaunchConfig
+)
+
 // paramLayout is what cuFuncGetParamInfo says about a kernel's parameters.
 type paramLayout struct {
 	known bool   // the driver could tell

@@ -269,3 +269,43 @@ func TestDeviceForwardChecksAreRefusals(t *testing.T) {
 		t.Error("a plain error is a refusal, or Refuse(nil) is not nil")
 	}
 }
+
+func TestParseKernelFlags(t *testing.T) {
+	for in, want := range map[string]int32{"0": 0, "3": 3, "7": 7, "12": 12, "0xf": 15} {
+		if got, err := parseKernelFlags(in); got != want || err != nil {
+			t.Errorf("parseKernelFlags(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for in, want := range map[string]string{
+		"16": "want an integer in 0..15 (bits: 1 tensor-core gate, 2 local gather, 4 TMA loads, 8 paired tiles (clusters of 2, needs TMA); default 3)",
+		"-1": "want an integer in 0..15", "x": "want an integer in 0..15",
+		"8":  `MOERUN_KERNEL_FLAGS="8": bit 8 (paired tiles) needs bit 4 (TMA loads): use 12`,
+		"11": "bit 8 (paired tiles) needs bit 4 (TMA loads): use 15",
+	} {
+		if _, err := parseKernelFlags(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("parseKernelFlags(%q) = %v; want %q", in, err, want)
+		}
+	}
+}
+
+func TestPairClustersMustAllBeResident(t *testing.T) {
+	occ := func(n int, err error) func() (int, error) {
+		return func() (int, error) { return n, err }
+	}
+	if n, err := pairClusters(264, occ(132, nil)); n != 132 || err != nil {
+		t.Errorf("264 blocks, 132 clusters: %d, %v", n, err)
+	}
+	_, err := pairClusters(264, occ(130, nil))
+	if err == nil || !strings.Contains(err.Error(), "the grid of 264 blocks does not fit as clusters of 2 (130 clusters resident); drop the bit") {
+		t.Errorf("too few clusters: %v", err)
+	}
+	asked := false
+	_, err = pairClusters(131, func() (int, error) { asked = true; return 100, nil })
+	if err == nil || asked || !strings.Contains(err.Error(), "the grid of 131 blocks is not a whole number of clusters of 2") {
+		t.Errorf("odd grid: %v (occupancy asked: %v)", err, asked)
+	}
+	cause := errors.New("CUDA_ERROR_INVALID_CLUSTER_SIZE")
+	if _, err := pairClusters(264, occ(0, cause)); !errors.Is(err, cause) {
+		t.Errorf("occupancy error: %v", err)
+	}
+}
