@@ -60,12 +60,6 @@ struct Shared {
   uint64_t seq;                   // this launch's sequence number
   int ok;                         // 0 after an abort
   int pad_;
-  // Paired tasks (MOE_FLAG_PAIR, expert.cuh): written by the other block of
-  // the cluster through shared::cluster addresses. mail: the leader's unit
-  // (sequence, type, row tile, column tile); ack: the partner has read unit
-  // <ack>; ready / done: the other block's barriers exist / it has left.
-  uint32_t pair_mail[4];
-  uint32_t pair_ack, pair_ready, pair_done, pair_pad_;
 };
 
 // Per-thread view of the launch, built once at kernel entry.

@@ -31,7 +31,6 @@
 // output columns of both swiglu operands), with weights transposed ([N][K]).
 #pragma once
 
-#include "dispatch.cuh"
 #include "gemm.cuh"
 #include "gemm_tc.cuh"
 #include "sync.cuh"
@@ -326,11 +325,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
 // half the grid sat idle through the whole GEMM1 phase (trace, 2x H200).
 // Tickets are served in order, so every block gets work as soon as there is
 // work for it.
-// step: tickets per call, 1, or 2 under pair_tickets (a unit: column tiles
-// nt and nt + 1 of the row tile; nt is even, both tiles exist, and both
-// become ready together since the column-tile counts are even).
-__device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_ticket, int& rt, int& nt,
-                                unsigned step = 1u) {
+__device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_ticket, int& rt, int& nt) {
   const MoeParams& p = c.p;
   MoeSched* s = sched_of(p);
   const int W = p.world;
@@ -346,7 +341,7 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
     const bool all = narr == W;
     // GEMM1 first: a ready GEMM1 task is later in its row tile's life than
     // any GEMM0 task, and its block would otherwise hold it back.
-    if (g1_ticket < 0) g1_ticket = static_cast<int>(atomicAdd(&s->g1_head, step));
+    if (g1_ticket < 0) g1_ticket = static_cast<int>(atomicAdd(&s->g1_head, 1u));
     const uint32_t tail = ld_acquire_gpu_u32(&s->g1_tail);
     const uint32_t t1 = static_cast<uint32_t>(g1_ticket);
     uint32_t slot;
@@ -375,7 +370,7 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
         __nanosleep(sns);
       }
     }
-    if (!g0_done && g0_ticket < 0) g0_ticket = static_cast<int>(atomicAdd(&s->g0_next, step));
+    if (!g0_done && g0_ticket < 0) g0_ticket = static_cast<int>(atomicAdd(&s->g0_next, 1u));
     if (g0_ticket >= 0) {
       if (g0_ticket < ld_cg(&s->arr_task0[narr])) {
         if (col_major) {  // narr == W: every row tile's column nt, then nt + 1
@@ -596,15 +591,8 @@ __device__ __noinline__ TcRowPtrs pooled_rows(const MoeParams& p, unsigned char*
 // GEMM0: act(A.W1 + b1) or silu(A.Wg) * (A.Wu) for rows of row tile d and
 // output columns nt*w..+w (w = 128, or 64 for swiglu) into the intermediate,
 // stored in the storage dtype (tf32-rounded fp32, or bf16).
-// A paired tile's place in its cluster (tc_mainloop_pair): role 0 alone,
-// 1 leader, 2 partner; pstep the pair's running stage count.
-struct PairTile {
-  int role;
-  uint32_t pstep;
-};
-
 template <class Mma, int NB>
-__device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt, PairTile pt) {
+__device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt) {
   using T = typename Mma::T;
   const MoeParams& p = c.p;
   const int H = p.hidden, I = p.ffn_hidden;
@@ -652,8 +640,6 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt,
   if (gathered) {
     tc_tile_run<Mma, NB, true>(g, c.phase, op, bias);
   } else {
-    g.pair = pt.role;
-    g.pstep = pt.pstep;
     tc_tile_run<Mma, NB>(g, c.phase, op, bias);
   }
   const float* cs = reinterpret_cast<const float*>(c.phase);
@@ -672,7 +658,7 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt,
 // stored straight into the source's return rows (slot t*k+j) in the storage
 // dtype of returned rows (fp32 in tf32 mode, bf16 in bf16 mode).
 template <class Mma>
-__device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt, PairTile pt) {
+__device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
   using T = typename Mma::T;
   const MoeParams& p = c.p;
   const int H = p.hidden, I = p.ffn_hidden;
@@ -704,8 +690,6 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt, PairTil
     for (int i = 0; i < kTcPasses; ++i) g.arow[i] = r.a[i];
     tc_tile_run<Mma, 1, true>(g, c.phase, kOpNone, bias);
   } else {
-    g.pair = pt.role;
-    g.pstep = pt.pstep;
     tc_tile_run<Mma, 1>(g, c.phase, kOpNone, bias);  // the tile's first __syncthreads also publishes slots[]
   }
   const float* cs = reinterpret_cast<const float*>(c.phase);
@@ -724,101 +708,16 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt, PairTil
 
 // One task of the tensor-core modes.
 template <class Mma>
-__device__ inline void run_task_tc(Ctx& c, int type, const MoeRowTile& d, int rt, int nt, PairTile pt) {
+__device__ inline void run_task_tc(Ctx& c, int type, const MoeRowTile& d, int rt, int nt) {
   if (type == kTaskG0) {
     if (c.p.ffn == MOE_FFN_SWIGLU) {
-      run_gemm0_tc<Mma, 2>(c, d, rt, nt, pt);
+      run_gemm0_tc<Mma, 2>(c, d, rt, nt);
     } else {
-      run_gemm0_tc<Mma, 1>(c, d, rt, nt, pt);
+      run_gemm0_tc<Mma, 1>(c, d, rt, nt);
     }
   } else {
-    run_gemm1_tc<Mma>(c, d, nt, pt);
+    run_gemm1_tc<Mma>(c, d, nt);
   }
-}
-
-// ---- paired tasks (MOE_FLAG_PAIR) ----------------------------------------------
-//
-// Launched in clusters of two blocks, the processors take tickets two at a
-// time: a unit is column tiles nt and nt + 1 (nt even) of one row tile. A
-// cluster whose blocks are both processors from the start of this phase runs
-// a unit side by side, the leader (cluster rank 0) column tile nt and the
-// partner nt + 1, the A rows they share loaded once (gemm_tc.cuh
-// tc_mainloop_pair); tiles that gather their rows (LOCAL_GATHER's own rows)
-// run alone in each block. Every other block (the OS block's cluster) runs
-// both tiles of its units itself. The leader takes the tickets and passes
-// each unit to the partner through the partner's shared memory (Shared
-// pair_mail, acknowledged in pair_ack); every wait is bounded.
-
-__device__ __forceinline__ bool pair_tickets(const MoeParams& p) {
-  return (p.flags & MOE_FLAG_PAIR) != 0 && (p.flags & MOE_FLAG_TMA) != 0 && tc_mode(p) && !pool_sources(p) &&
-         g0_col_tiles(p) % 2 == 0 && g1_col_tiles(p) % 2 == 0 && cluster_nctarank() == MOE_PAIR_CLUSTER;
-}
-// Both blocks of this cluster reach the processor loop at its start: not the
-// OS block's cluster, and both or neither copying the dispatch.
-__device__ __forceinline__ bool pair_capable(const MoeParams& p) {
-  const int b = static_cast<int>(blockIdx.x), o = b ^ 1, nd = dispatch_blocks(p);
-  return (b | 1) != static_cast<int>(gridDim.x) - 1 && (b < nd) == (o < nd);
-}
-// Whether a task's tile reads its A rows by per-row addresses (cp.async, never paired).
-__device__ __forceinline__ bool tile_gathers(const MoeParams& p, int type, const MoeRowTile& d) {
-  return is_pooled(d) || (type == kTaskG0 && local_gather(p) && d.src == p.rank);
-}
-
-// Thread 0: waits until the word at local shared address addr equals want,
-// within limit_ns.
-__device__ inline bool pair_wait_word(Ctx& c, uint32_t addr, uint32_t want, uint64_t limit_ns) {
-  const uint64_t t0 = globaltimer();
-  unsigned ns = 16;
-  for (;;) {
-    const uint32_t v = ld_acquire_cluster_u32(addr);
-    if (v == want) return true;
-    if (wait_expired(c, t0, limit_ns, MOE_WAIT_TASK, -1, want, v)) return false;
-    __nanosleep(ns);
-    if (ns < 256) ns <<= 1;
-  }
-}
-// Thread 0 of both blocks at the start: the pair's barriers, and the other
-// block's.
-__device__ inline bool pair_start(Ctx& c) {
-  pair_bars_init(c.phase);
-  st_release_cluster_u32(mapa_shared(smem_u32(&c.sh.pair_ready), cluster_ctarank() ^ 1u), 1u);
-  return pair_wait_word(c, smem_u32(&c.sh.pair_ready), 1u, 4 * c.p.watchdog_ns);
-}
-// Thread 0 of both blocks at the end: neither leaves while the other may
-// still reach into its shared memory.
-__device__ inline void pair_finish(Ctx& c) {
-  st_release_cluster_u32(mapa_shared(smem_u32(&c.sh.pair_done), cluster_ctarank() ^ 1u), 1u);
-  if (pair_wait_word(c, smem_u32(&c.sh.pair_done), 1u, c.p.watchdog_ns)) pair_bars_inval(c.phase);
-}
-// Leader's thread 0: unit u (0, 1, ...) to the partner, once the partner is
-// done with unit u - 1 (pair_ack = u): the leader's loads for unit u land in
-// the partner's shared memory, which a tile of u - 1 that ran alone there
-// (gathered rows) may still be using.
-__device__ inline bool pair_send(Ctx& c, uint32_t u, int type, int rt, int nt) {
-  if (!pair_wait_word(c, smem_u32(&c.sh.pair_ack), u, c.p.watchdog_ns)) return false;
-  const uint32_t mail = mapa_shared(smem_u32(&c.sh.pair_mail[0]), 1u);
-  st_cluster_u32(mail + 4, static_cast<uint32_t>(type));
-  st_cluster_u32(mail + 8, static_cast<uint32_t>(rt));
-  st_cluster_u32(mail + 12, static_cast<uint32_t>(nt));
-  st_release_cluster_u32(mail, u + 1);
-  return true;
-}
-// Partner's thread 0: unit u from the leader (which may wait for work as
-// long as next_task's backstop).
-__device__ inline int pair_recv(Ctx& c, uint32_t u, int& rt, int& nt) {
-  if (!pair_wait_word(c, smem_u32(&c.sh.pair_mail[0]), u + 1, 5 * c.p.watchdog_ns)) return kTaskNone;
-  const volatile uint32_t* m = c.sh.pair_mail;
-  const int type = static_cast<int>(m[1]);
-  rt = static_cast<int>(m[2]);
-  nt = static_cast<int>(m[3]);
-  return type;
-}
-// Partner's thread 0, after unit u's tiles (the block synchronised): done
-// with its shared memory, including the generic writes the leader's next
-// multicast will overwrite.
-__device__ inline void pair_done_unit(Ctx& c, uint32_t u) {
-  fence_proxy_async_all();
-  st_release_cluster_u32(mapa_shared(smem_u32(&c.sh.pair_ack), 0u), u + 1);
 }
 
 // The processor loop. Returns false after an abort.
@@ -827,79 +726,43 @@ __device__ inline bool process(Ctx& c) {
   const MoeRowTile* desc = reinterpret_cast<const MoeRowTile*>(p.rt_desc);
   int g0_ticket = -1, g1_ticket = -1, rt = 0, nt = 0;
   bool g0_done = false;
-  // Paired tasks: units of two tickets; a paired cluster splits them, any
-  // other block runs both of a unit's tiles.
-  const bool units = pair_tickets(p);
-  const bool paired = units && pair_capable(p);
-  const int me = paired ? static_cast<int>(cluster_ctarank()) : 0;
-  const int per_unit = units && !paired ? 2 : 1;
-  uint32_t unit = 0, pstep = 0;
-  if (paired) {
-    if (threadIdx.x == 0) c.sh.bcast[0] = pair_start(c) ? 1 : 0;
-    __syncthreads();
-    if (c.sh.bcast[0] == 0) return false;
-  }
-  bool ok = true;
   for (;;) {
     uint64_t tq = 0;  // thread 0: when this block asked for its next task (trace)
     if (threadIdx.x == 0) {
       if (tracing(c)) tq = globaltimer();
-      int type;
-      if (me == 0) {
-        type = next_task(c, g0_ticket, g0_done, g1_ticket, rt, nt, units ? 2u : 1u);
-        if (paired && !pair_send(c, unit, type, rt, nt)) type = kTaskNone;
-      } else {
-        type = pair_recv(c, unit, rt, nt);
-      }
+      const int type = next_task(c, g0_ticket, g0_done, g1_ticket, rt, nt);
       c.sh.bcast[0] = type;
       c.sh.bcast[1] = rt;
       c.sh.bcast[2] = nt;
     }
     __syncthreads();
-    ++unit;
     const int type = c.sh.bcast[0];
-    const int trt = c.sh.bcast[1], unt = c.sh.bcast[2];
-    if (type == kTaskNone || type == kTaskExit) {
-      ok = type == kTaskExit;
-      break;
-    }
+    const int trt = c.sh.bcast[1], tnt = c.sh.bcast[2];
+    if (type == kTaskNone) return false;
+    if (type == kTaskExit) return true;
+    const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
+    if (threadIdx.x == 0 && tracing(c) && t0 - tq > 1000) trace_ev(c, MOE_EV_WAIT_TASK, tq, t0);
     const int4 dv = __ldcg(reinterpret_cast<const int4*>(desc + trt));
     MoeRowTile d;
     d.src = dv.x; d.le = dv.y; d.row0 = dv.z; d.nrows = dv.w;
-    // A paired tile: both blocks take the same branch (same unit, same row tile).
-    const bool pair_tile = paired && !tile_gathers(p, type, d);
-    const PairTile pt{pair_tile ? me + 1 : 0, pstep};
-    for (int j = 0; j < per_unit; ++j) {
-      const int tnt = unt + (paired ? me : j);
-      const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
-      if (j == 0 && threadIdx.x == 0 && tracing(c) && t0 - tq > 1000) trace_ev(c, MOE_EV_WAIT_TASK, tq, t0);
-      if (p.dtype == MOE_DTYPE_BF16) {
-        run_task_tc<MmaBF16>(c, type, d, trt, tnt, pt);
-      } else if (p.dtype == MOE_DTYPE_TF32) {
-        run_task_tc<MmaTF32>(c, type, d, trt, tnt, pt);
-      } else if (type == kTaskG0) {
-        if (p.ffn == MOE_FFN_SWIGLU) run_gemm0<2>(c, d, trt, tnt); else run_gemm0<1>(c, d, trt, tnt);
-      } else {
-        run_gemm1(c, d, tnt);
-      }
-      if (threadIdx.x == 0) {
-        const uint64_t t1 = globaltimer();
-        c.busy += t1 - t0;
-        c.tasks += 1;
-        trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, is_pooled(d) ? -1 : d.src, trt, tnt,
-                 p.rank * p.experts_per_rank + d.le);
-      }
-      __syncthreads();
+    if (p.dtype == MOE_DTYPE_BF16) {
+      run_task_tc<MmaBF16>(c, type, d, trt, tnt);
+    } else if (p.dtype == MOE_DTYPE_TF32) {
+      run_task_tc<MmaTF32>(c, type, d, trt, tnt);
+    } else if (type == kTaskG0) {
+      if (p.ffn == MOE_FFN_SWIGLU) run_gemm0<2>(c, d, trt, tnt); else run_gemm0<1>(c, d, trt, tnt);
+    } else {
+      run_gemm1(c, d, tnt);
     }
-    if (pair_tile) {  // the tile's epilogue is done in this block: its last stages may refill
-      const int ksteps = (type == kTaskG0 ? p.hidden : p.ffn_hidden) * elem_bytes(p) / kTcKBytes;
-      if (threadIdx.x == 0) pair_release_tail(c.phase, pstep, ksteps);
-      pstep += static_cast<uint32_t>(ksteps);
+    if (threadIdx.x == 0) {
+      const uint64_t t1 = globaltimer();
+      c.busy += t1 - t0;
+      c.tasks += 1;
+      trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, is_pooled(d) ? -1 : d.src, trt, tnt,
+               p.rank * p.experts_per_rank + d.le);
     }
-    if (me == 1 && threadIdx.x == 0) pair_done_unit(c, unit - 1);
+    __syncthreads();
   }
-  if (paired && threadIdx.x == 0) pair_finish(c);
-  return ok;
 }
 
 }  // namespace moe

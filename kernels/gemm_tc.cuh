@@ -294,54 +294,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, uint64_t map, int c0, 
       "l"(map), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
-// ---- clusters (MOE_FLAG_PAIR) ------------------------------------------------
-
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ uint32_t cluster_nctarank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(r));
-  return r;
-}
-// The shared::cluster address of the variable at local shared address addr
-// in the cluster's block rank.
-__device__ __forceinline__ uint32_t mapa_shared(uint32_t addr, uint32_t rank) {
-  uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
-  return r;
-}
-// One arrival on a barrier of another block of the cluster (its
-// shared::cluster address), ordering this thread's earlier accesses before it.
-__device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_addr) {
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr) : "memory");
-}
-// A 2-D box as tma_load_2d, written at the same offset into the shared
-// memory of every block in cta_mask, each block's bytes completing on its
-// own barrier at bar's offset.
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, uint64_t map, int c0, int c1, uint32_t bar,
-                                                      uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(map), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
-      : "memory");
-}
-// A 32-bit word into another block's shared memory (shared::cluster
-// address), after this thread's earlier accesses (cluster scope).
-__device__ __forceinline__ void st_release_cluster_u32(uint32_t cluster_addr, uint32_t v) {
-  asm volatile("st.release.cluster.shared::cluster.u32 [%0], %1;\n" ::"r"(cluster_addr), "r"(v) : "memory");
-}
-__device__ __forceinline__ void st_cluster_u32(uint32_t cluster_addr, uint32_t v) {
-  asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(cluster_addr), "r"(v) : "memory");
-}
-__device__ __forceinline__ uint32_t ld_acquire_cluster_u32(uint32_t addr) {
-  uint32_t v;
-  asm volatile("ld.acquire.cluster.shared::cta.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
-  return v;
-}
 #endif  // MOE_TC_WGMMA
 
 // ---- the tile ---------------------------------------------------------------
@@ -370,11 +322,6 @@ struct TcArgs {
   // caller sets them: the cp.async loader.
   uint64_t tmap = 0;
   int arow0 = 0, brow0 = 0;
-  // Paired tiles (MOE_FLAG_PAIR, tc_mainloop_pair): 0 alone, 1 the cluster's
-  // leader (loads A for both blocks), 2 its partner; pstep is the pair's
-  // running stage count at the tile's first step (both blocks keep the same).
-  int pair = 0;
-  uint32_t pstep = 0;
 };
 constexpr int kTmapBytes = MOE_TMAP_WORDS * 8;
 
@@ -500,151 +447,6 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
     for (int s = 0; s < 2 * kTcStages; ++s) mbar_inval(bars + 8 * s);
   }
 }
-
-// ---- paired tiles (MOE_FLAG_PAIR) ----------------------------------------------
-//
-// The two blocks of a cluster compute the tiles (rows, columns nt) and
-// (rows, nt + 1) of one row tile at once: the same A rows against two weight
-// slabs. The leader loads each stage's A box once, multicast into both
-// blocks' shared memory; each block loads its own B box. L2 then serves
-// 1.5 MB instead of 2 MB for the two tasks (bf16, K = 2048), the bytes that
-// the GEMM phase measured waiting on (docs/performance.md).
-//
-// The pair's barriers live past the row tables (kTcPairBarOff), initialised
-// once when the cluster starts on paired work and kept across tiles: full[s]
-// (one arrive.expect_tx by the block's thread 0; A's bytes complete on it
-// from the leader's multicast, B's from the block's own load) and empty[s]
-// (kPairEmptyArrivals: each warpgroup of BOTH blocks, since the leader's
-// next A box lands in both). Both blocks run the same sequence of paired
-// tiles with the same K, so one running stage count (pstep) gives both the
-// stage and parity of every step.
-//
-// A stage's last use in a tile is released only after the tile's epilogue
-// (pair_release_tail): the epilogue stages its results in the same shared
-// memory, which the leader's next multicast must not overwrite.
-constexpr int kTcPairBarOff = kTcBarOff + 2 * kTcStages * 8 + kTcTileM;  // after the per-row sources (expert.cuh)
-constexpr uint32_t kPairEmptyArrivals = 2 * kTcWarpgroups;
-constexpr uint16_t kPairMask = 0x3;  // both blocks of the cluster
-static_assert(kTcPairBarOff % 8 == 0 && kTcPairBarOff + 2 * kTcStages * 8 <= kTcPhaseUsable,
-              "the pair's barriers fit the phase buffer");
-
-// Thread 0: the pair's barriers, before the cluster's first paired tile.
-__device__ __forceinline__ void pair_bars_init(unsigned char* smem) {
-  const uint32_t bars = smem_u32(smem) + kTcPairBarOff;
-  for (int s = 0; s < kTcStages; ++s) {
-    mbar_init(bars + 8 * s, 1);
-    mbar_init(bars + 8 * (kTcStages + s), kPairEmptyArrivals);
-  }
-  mbar_init_fence();
-}
-// Thread 0, after the cluster's last paired tile.
-__device__ __forceinline__ void pair_bars_inval(unsigned char* smem) {
-  const uint32_t bars = smem_u32(smem) + kTcPairBarOff;
-  for (int s = 0; s < 2 * kTcStages; ++s) mbar_inval(bars + 8 * s);
-}
-// Releases stage (pstep + kt) % kTcStages in both blocks for
-// every step kt of [kt0, kt1): one arrival per warpgroup, here and at the
-// partner. n: how many warpgroups' arrivals this thread makes.
-__device__ __forceinline__ void pair_release(unsigned char* smem, uint32_t pstep, int kt0, int kt1, uint32_t n) {
-  const uint32_t bars = smem_u32(smem) + kTcPairBarOff;
-  const uint32_t peer = cluster_ctarank() ^ 1u;
-  for (int kt = kt0; kt < kt1; ++kt) {
-    const uint32_t e = bars + 8 * (kTcStages + (pstep + static_cast<uint32_t>(kt)) % kTcStages);
-    const uint32_t re = mapa_shared(e, peer);
-    for (uint32_t i = 0; i < n; ++i) {
-      mbar_arrive(e);
-      mbar_arrive_remote(re);
-    }
-  }
-}
-// After a paired tile's epilogue (every thread done with shared memory and
-// synchronised), thread 0: its generic writes are ordered before the
-// multicast that may now overwrite them, and the tile's last stages are
-// released for both warpgroups.
-__device__ __forceinline__ void pair_release_tail(unsigned char* smem, uint32_t pstep, int ksteps) {
-  fence_proxy_async_all();
-  pair_release(smem, pstep, ksteps > kTcStages ? ksteps - kTcStages : 0, ksteps, kTcWarpgroups);
-}
-
-// The paired mainloop. Same contract as tc_gemm_tile, but the tile's last
-// kTcStages stages stay held (pair_release_tail).
-template <class Mma, int NB>
-__device__ __forceinline__ void tc_mainloop_pair(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[kTcAcc]) {
-  using T = typename Mma::T;
-  constexpr int kKElems = kTcKBytes / static_cast<int>(sizeof(T));
-  const int tid = threadIdx.x;
-  const uint32_t sbase = smem_u32(smem);
-  const uint32_t bars = sbase + kTcPairBarOff;
-  const int ksteps = g.K * static_cast<int>(sizeof(T)) / kTcKBytes;
-  fence_proxy_async_all();  // as tc_mainloop_tma: the last staging, the acquired rows
-  __syncthreads();
-  // Bytes a block receives per stage: the whole A box (multicast) and its B.
-  constexpr uint32_t kTx = static_cast<uint32_t>((kTcTileM + kTcTileN) * kTcKBytes);
-  const uint64_t amap = g.tmap, bmap0 = amap + kTmapBytes, bmap1 = amap + (NB == 2 ? 2 : 1) * kTmapBytes;
-  const bool leader = g.pair == 1;
-  // Whether step kt's stage is free in both blocks (its previous use released).
-  auto stage_free = [&](int kt, bool block) {
-    const uint32_t gs = g.pstep + static_cast<uint32_t>(kt);
-    const uint32_t stage = gs % kTcStages, use = gs / kTcStages;
-    if (use == 0) return true;
-    const uint32_t e = bars + 8 * (kTcStages + stage);
-    if (!block) return mbar_try_wait(e, (use - 1) & 1u);
-    mbar_wait(e, (use - 1) & 1u);
-    return true;
-  };
-  auto issue = [&](int kt) {  // thread 0: step kt into its stage (free in both blocks)
-    const uint32_t gs = g.pstep + static_cast<uint32_t>(kt);
-    const uint32_t stage = gs % kTcStages;
-    const uint32_t full = bars + 8 * stage;
-    const uint32_t dst = sbase + stage * kTcStageBytes;
-    const int kc = kt * kKElems;
-    mbar_arrive_expect_tx(full, kTx);
-    if (leader) tma_load_2d_multicast(dst, amap, kc, g.arow0, full, kPairMask);
-    const uint32_t bdst = dst + kTcTileM * kTcKBytes;
-    if (NB == 1) {
-      tma_load_2d(bdst, bmap0, kc, g.brow0, full);
-    } else {
-#pragma unroll
-      for (int w = 0; w < kTcTileN / 32; ++w) {
-        tma_load_2d(bdst + 32 * w * kTcKBytes, bmap0, kc, g.brow0 + 16 * w, full);
-        tma_load_2d(bdst + (32 * w + 16) * kTcKBytes, bmap1, kc, g.brow0 + 16 * w, full);
-      }
-    }
-  };
-  // Thread 0 issues steps in order; it blocks on a stage only when the step
-  // it is about to consume has not been issued, so that the other block's
-  // lag delays this block's MMAs by as little as the stages allow.
-  int issued = 0;
-  if (tid == 0) {
-    for (; issued < kTcStages && issued < ksteps; ++issued) {
-      stage_free(issued, true);
-      issue(issued);
-    }
-  }
-  const uint32_t a_off = static_cast<uint32_t>((tid >> 7) * 64 * kTcKBytes);
-  const bool wg_rows = (tid >> 7) * 64 < g.mrows;
-  const uint32_t peer = cluster_ctarank() ^ 1u;
-  for (int kt = 0; kt < ksteps; ++kt) {
-    const uint32_t gs = g.pstep + static_cast<uint32_t>(kt);
-    const uint32_t stage = gs % kTcStages;
-    if (tid == 0) {
-      while (issued < ksteps && issued < kt + kTcStages && stage_free(issued, issued <= kt)) issue(issued++);
-    }
-    mbar_wait(bars + 8 * stage, (gs / kTcStages) & 1u);
-    if (wg_rows) tc_wgmma_stage<Mma>(acc, sbase + stage * kTcStageBytes, a_off);
-    wgmma_wait<1>(acc);  // step kt - 1's MMAs are done
-    if (kt > 0 && kt - 1 + kTcStages < ksteps) {  // its stage refills within this tile: free it now
-      const uint32_t ps = (gs - 1) % kTcStages;
-      if ((tid & 127) == 0) {
-        const uint32_t e = bars + 8 * (kTcStages + ps);
-        mbar_arrive(e);
-        mbar_arrive_remote(mapa_shared(e, peer));
-      }
-    }
-  }
-  wgmma_wait<0>(acc);
-  __syncthreads();
-}
 #endif
 
 // On return acc holds the tile (tc_acc_pos), all cp.async groups and MMAs
@@ -657,9 +459,7 @@ __device__ __forceinline__ void tc_mainloop_pair(const TcArgs<NB>& g, unsigned c
 // (kTcShortStages): a small tile streams its weight slab with more bytes in
 // flight (small forwards wait on that, not on the tensor cores); only
 // warpgroup 0 multiplies.
-// kPair (wgmma builds; g.pair != 0): the paired mainloop (tc_mainloop_pair),
-// in its own instantiation so that the others' code stays as it was.
-template <class Mma, int NB, bool kGather = false, bool kShort = false, bool kPair = false>
+template <class Mma, int NB, bool kGather = false, bool kShort = false>
 __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char* smem, float (&acc)[kTcAcc]) {
   using T = typename Mma::T;
   constexpr int kEs = static_cast<int>(sizeof(T));
@@ -672,10 +472,6 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
 #pragma unroll
   for (int i = 0; i < kTcAcc; ++i) acc[i] = 0.f;
 #if MOE_TC_WGMMA
-  if constexpr (kPair) {
-    tc_mainloop_pair<Mma, NB>(g, smem, acc);
-    return;
-  }
   if constexpr (!kGather) {
     if (g.tmap != 0) {
       tc_mainloop_tma<Mma, NB>(g, smem, acc);
@@ -865,10 +661,10 @@ __device__ __forceinline__ void tc_stage(const float (&acc)[kTcAcc], float* cs, 
 // function, the MMAs stay asynchronous; the call costs nothing next to a tile.
 // On return the block has NOT synchronised after staging: sync before
 // reading cs.
-template <class Mma, int NB, bool kGather = false, bool kShort = false, bool kPair = false>
+template <class Mma, int NB, bool kGather = false, bool kShort = false>
 __device__ __noinline__ void tc_tile_stage(const TcArgs<NB> g, unsigned char* smem, int op, const float* bias) {
   float acc[kTcAcc];
-  tc_gemm_tile<Mma, NB, kGather, kShort, kPair>(g, smem, acc);
+  tc_gemm_tile<Mma, NB, kGather, kShort>(g, smem, acc);
   tc_stage<NB>(acc, reinterpret_cast<float*>(smem), op, bias, g.ncols);
 }
 
@@ -876,14 +672,6 @@ __device__ __noinline__ void tc_tile_stage(const TcArgs<NB> g, unsigned char* sm
 // when it has at most 64 rows and loads with cp.async.
 template <class Mma, int NB, bool kGather = false>
 __device__ __forceinline__ void tc_tile_run(const TcArgs<NB>& g, unsigned char* smem, int op, const float* bias) {
-#if MOE_TC_WGMMA
-  if constexpr (!kGather) {
-    if (g.pair != 0) {
-      tc_tile_stage<Mma, NB, false, false, true>(g, smem, op, bias);
-      return;
-    }
-  }
-#endif
   if (g.mrows <= 64 && (kGather || g.tmap == 0)) {
     tc_tile_stage<Mma, NB, kGather, true>(g, smem, op, bias);
   } else {

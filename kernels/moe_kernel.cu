@@ -165,11 +165,6 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
   if (threadIdx.x == 0) {
     sh.seq = *reinterpret_cast<volatile uint64_t*>(my_heap(p, p.off_seq)) + 1;
     sh.ok = 1;
-    // The other block of a cluster writes these only after grid barrier 1.
-    sh.pair_mail[0] = 0;
-    sh.pair_ack = 0;
-    sh.pair_ready = 0;
-    sh.pair_done = 0;
   }
   if (threadIdx.x < p.world) {
     sh.peer_base[threadIdx.x] =

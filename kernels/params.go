@@ -63,9 +63,7 @@ const (
 	FlagGateTC      = 1 // MOE_FLAG_GATE_TC: bf16 gate GEMM on tensor cores (three bf16 pieces of the gate weights)
 	FlagLocalGather = 2 // MOE_FLAG_LOCAL_GATHER: bf16 GEMM0 reads this rank's own rows from x (no dispatch copy)
 	FlagTMA         = 4 // MOE_FLAG_TMA: tf32/bf16 tiles load their stages with TMA from Params.TMap (opt-in: no faster)
-	FlagPair        = 8 // MOE_FLAG_PAIR: TMA tiles in 2-block clusters, the shared A row tile multicast (needs FlagTMA)
 	FlagsDefault    = 3 // MOE_FLAGS_DEFAULT
-	PairCluster     = 2 // MOE_PAIR_CLUSTER: blocks per cluster of a FlagPair launch
 
 	// Tensor maps in Params.TMap (params.h MOE_TMAP_*): 16 words each.
 	TMapWords      = 16 // MOE_TMAP_WORDS

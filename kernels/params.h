@@ -103,18 +103,10 @@
  *   (cp.async.bulk.tensor, one thread issuing, mbarriers per stage) from the
  *   tensor maps in MoeParams.tmap, which the host encodes; without it every
  *   thread copies with cp.async. Not in the default: measured no faster
- *   (docs/benchmarks.md, "TMA loads").
- * PAIR: tf32/bf16 with TMA, the kernel launched in clusters of two blocks
- *   (the host does so when the flag is set): the two blocks of a cluster
- *   run the two tasks of a ticket pair, (row tile, column tiles nt, nt + 1)
- *   side by side, and the A row tile they share is loaded once, multicast
- *   into both (expert.cuh "Paired tasks"). An experiment: measured in
- *   docs/benchmarks.md, sixth session. */
+ *   (docs/benchmarks.md, "TMA loads"). */
 #define MOE_FLAG_GATE_TC 1
 #define MOE_FLAG_LOCAL_GATHER 2
 #define MOE_FLAG_TMA 4
-#define MOE_FLAG_PAIR 8
-#define MOE_PAIR_CLUSTER 2 /* blocks per cluster under MOE_FLAG_PAIR */
 #define MOE_FLAGS_DEFAULT 3
 
 /* Tensor maps (CUtensorMap, 128 bytes = MOE_TMAP_WORDS u64, 128-byte

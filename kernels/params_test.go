@@ -114,7 +114,7 @@ func TestConstantsMatchParamsH(t *testing.T) {
 		"MOE_WAIT_NONE":         WaitNone, "MOE_WAIT_DISPATCH": WaitDispatch, "MOE_WAIT_RETURN": WaitReturn,
 		"MOE_WAIT_BARRIER": WaitBarrier, "MOE_WAIT_TASK": WaitTask, "MOE_WAIT_SLOT": WaitSlot,
 		"MOE_FLAG_GATE_TC": FlagGateTC, "MOE_FLAG_LOCAL_GATHER": FlagLocalGather, "MOE_FLAGS_DEFAULT": FlagsDefault,
-		"MOE_FLAG_TMA": FlagTMA, "MOE_FLAG_PAIR": FlagPair, "MOE_PAIR_CLUSTER": PairCluster, "MOE_TMAP_WORDS": TMapWords, "MOE_TMAP_RECV": TMapRecv, "MOE_TMAP_INTER": TMapInter,
+		"MOE_FLAG_TMA": FlagTMA, "MOE_TMAP_WORDS": TMapWords, "MOE_TMAP_RECV": TMapRecv, "MOE_TMAP_INTER": TMapInter,
 		"MOE_TMAP_W1": TMapW1, "MOE_TMAP_WU": TMapWu, "MOE_TMAP_W2": TMapW2, "MOE_TMAPS": TMaps,
 		"MOE_TMAP_SWIGLU_ROWS": TMapSwiGLURows, "MOE_TILE_TMAPS": TileTMaps,
 		"MOE_GATE_TC_GROUP": GateTCGroup, "MOE_GATE_TC_ROWS": GateTCRows,

@@ -57,6 +57,11 @@ func (d *Driver) launch(coop bool, fn Function, grid, block [3]uint32, smem uint
 		d.funcName(fn), grid, block, smem, len(arg)))
 }
 
+// Clusters: no kernel of moerun launches in clusters today. The paired-tile
+// experiment of commit f2c8f34 did (docs/benchmarks.md, sixth session); the
+// two calls below stay, tested, for the cluster designs that
+// docs/performance.md names as the way to fewer bytes per FLOP.
+
 // LaunchCooperativeCluster launches fn cooperatively, as LaunchCooperative
 // does (every block resident at once), in thread-block clusters of
 // clusterX x 1 x 1 blocks, with cuLaunchKernelEx. grid[0] must be a multiple

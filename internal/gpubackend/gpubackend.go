@@ -74,9 +74,7 @@ type Options struct {
 // EnvKernelFlags, when set (an integer), replaces the kernel's switches
 // (kernels.Flag*, default kernels.FlagsDefault): 0 runs the previous paths
 // (fp32 SIMT gate, every row copied by the dispatch), 4 adds the TMA tile
-// loads (kernels.FlagTMA, opt-in), 8 pairs the tf32/bf16 tiles in clusters of
-// kernels.PairCluster blocks (kernels.FlagPair, opt-in, needs 4), for
-// comparisons.
+// loads (kernels.FlagTMA, opt-in), for comparisons.
 const EnvKernelFlags = "MOERUN_KERNEL_FLAGS"
 
 // KernelInfo describes the loaded kernel and its launch geometry.
@@ -91,10 +89,6 @@ type KernelInfo struct {
 	Grid        int    // BlocksPerSM * SMs
 	CubinFrom   string // where the cubin came from
 	NVSHMEM     string // device library in the cubin, = host library version
-
-	// PairClusters is how many clusters of kernels.PairCluster blocks fit at
-	// once in a tf32/bf16 launch (occupancy API) under kernels.FlagPair, else 0.
-	PairClusters int
 }
 
 // heapReserve is what NVSHMEM keeps of the symmetric heap for itself.
@@ -209,16 +203,12 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 	if err = agree(comm, "load the kernel", nil); err != nil {
 		return nil, err
 	}
-	ev := b.log.Info().Str("gpu", b.card).Int("device", b.ordinal).Int("registers", b.info.Registers).
+	b.log.Info().Str("gpu", b.card).Int("device", b.ordinal).Int("registers", b.info.Registers).
 		Int("local_bytes", b.info.LocalBytes).Int("smem", b.info.StaticSmem).Int("dynamic_smem", b.info.DynamicSmem).
 		Int("blocks_per_sm", b.info.BlocksPerSM).
 		Int("sms", b.info.SMs).Int("grid", b.info.Grid).Str("cubin", b.info.CubinFrom).
 		Str("nvshmem", b.info.NVSHMEM).Dur("watchdog", opt.Watchdog).Bool("graph", opt.Graph).
-		Str("uuid", b.uuid).Int("kernel_flags", int(b.flags)).Bool("trace", opt.Trace)
-	if b.flags&kernels.FlagPair != 0 {
-		ev = ev.Int("pair_clusters", b.info.PairClusters)
-	}
-	ev.Msg("gpu backend open")
+		Str("uuid", b.uuid).Int("kernel_flags", int(b.flags)).Bool("trace", opt.Trace).Msg("gpu backend open")
 	return b, nil
 }
 
@@ -228,11 +218,13 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 func (b *Backend) preflight(localRank int) ([]byte, kernels.CubinInfo, error) {
 	var ci kernels.CubinInfo
 	if v, ok := os.LookupEnv(EnvKernelFlags); ok && v != "" {
-		f, err := parseKernelFlags(v)
-		if err != nil {
-			return nil, ci, err
+		f, perr := strconv.ParseInt(v, 0, 32)
+		const all = kernels.FlagGateTC | kernels.FlagLocalGather | kernels.FlagTMA
+		if perr != nil || f < 0 || f > all {
+			return nil, ci, fmt.Errorf("%s=%q: want an integer in 0..%d (bits: %d tensor-core gate, %d local gather, %d TMA loads; default %d)",
+				EnvKernelFlags, v, all, kernels.FlagGateTC, kernels.FlagLocalGather, kernels.FlagTMA, kernels.FlagsDefault)
 		}
-		b.flags = f
+		b.flags = int32(f)
 	}
 	if b.world > kernels.MaxWorld {
 		return nil, ci, fmt.Errorf("%d ranks: the kernel supports at most %d", b.world, kernels.MaxWorld)
@@ -342,44 +334,6 @@ func (b *Backend) startNVSHMEM() error {
 	return nil
 }
 
-// parseKernelFlags reads EnvKernelFlags' value v.
-func parseKernelFlags(v string) (int32, error) {
-	f, perr := strconv.ParseInt(v, 0, 32)
-	const all = kernels.FlagGateTC | kernels.FlagLocalGather | kernels.FlagTMA | kernels.FlagPair
-	if perr != nil || f < 0 || f > all {
-		return 0, fmt.Errorf("%s=%q: want an integer in 0..%d (bits: %d tensor-core gate, %d local gather, %d TMA loads, %d paired tiles (clusters of %d, needs TMA); default %d)",
-			EnvKernelFlags, v, all, kernels.FlagGateTC, kernels.FlagLocalGather, kernels.FlagTMA, kernels.FlagPair, kernels.PairCluster, kernels.FlagsDefault)
-	}
-	// The pair shares its A tile by TMA multicast: no cp.async variant.
-	if f&kernels.FlagPair != 0 && f&kernels.FlagTMA == 0 {
-		return 0, fmt.Errorf("%s=%q: bit %d (paired tiles) needs bit %d (TMA loads): use %d",
-			EnvKernelFlags, v, kernels.FlagPair, kernels.FlagTMA, f|kernels.FlagTMA)
-	}
-	return int32(f), nil
-}
-
-// pairClusters checks that a kernels.FlagPair launch of grid blocks runs as
-// clusters of kernels.PairCluster with every cluster resident at once (the
-// launch is cooperative: the kernel's grid barrier waits for all) and
-// returns how many fit; occupancy asks the driver for that count.
-func pairClusters(grid int, occupancy func() (int, error)) (int, error) {
-	if grid%kernels.PairCluster != 0 {
-		return 0, fmt.Errorf("%s bit %d (paired tiles): the grid of %d blocks is not a whole number of clusters of %d; drop the bit",
-			EnvKernelFlags, kernels.FlagPair, grid, kernels.PairCluster)
-	}
-	n, err := occupancy()
-	if err != nil {
-		return 0, fmt.Errorf("%s bit %d (paired tiles): cluster occupancy: %w", EnvKernelFlags, kernels.FlagPair, err)
-	}
-	// A cluster's blocks share a GPC, so fewer blocks may fit as clusters
-	// than one by one.
-	if n*kernels.PairCluster < grid {
-		return n, fmt.Errorf("%s bit %d (paired tiles): the grid of %d blocks does not fit as clusters of %d (%d clusters resident); drop the bit",
-			EnvKernelFlags, kernels.FlagPair, grid, kernels.PairCluster, n)
-	}
-	return n, nil
-}
-
 // loadKernel loads the cubin, registers it with NVSHMEM and sizes the grid.
 func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 	d := b.drv
@@ -448,15 +402,6 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 	info.Grid = info.BlocksPerSM * info.SMs
 	if info.Grid < 2 {
 		return fmt.Errorf("kernel occupancy: %d blocks per SM x %d SMs: the kernel needs at least 2 resident blocks", info.BlocksPerSM, info.SMs)
-	}
-	if b.flags&kernels.FlagPair != 0 {
-		grid, block := [3]uint32{uint32(info.Grid), 1, 1}, [3]uint32{kernels.Threads, 1, 1}
-		info.PairClusters, err = pairClusters(info.Grid, func() (int, error) {
-			return d.OccupancyMaxActiveClusters(b.fn, grid, block, kernels.PairCluster, uint32(phase))
-		})
-		if err != nil {
-			return err
-		}
 	}
 	if b.stream, err = d.StreamCreate(true); err != nil {
 		return err
@@ -1026,15 +971,10 @@ func (b *Backend) finishTiming(tm *backend.Timing) error {
 	return nil
 }
 
-// launch queues one cooperative launch of the kernel for mode d on stream s:
-// in clusters of kernels.PairCluster under kernels.FlagPair in a tensor-core
-// mode (loadKernel checked they fit); fp32 tiles never pair.
+// launch queues one cooperative launch of the kernel for mode d on stream s.
 func (b *Backend) launch(d config.DType, arg []byte, s cuda.Stream) error {
 	grid := [3]uint32{uint32(b.info.Grid), 1, 1}
 	block := [3]uint32{kernels.Threads, 1, 1}
-	if b.flags&kernels.FlagPair != 0 && tensorCore(d) {
-		return b.drv.LaunchCooperativeCluster(b.fn, grid, block, kernels.PairCluster, b.phaseBytes(d), s, arg)
-	}
 	return b.drv.LaunchCooperative(b.fn, grid, block, b.phaseBytes(d), s, arg)
 }
 
