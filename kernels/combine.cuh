@@ -14,6 +14,86 @@
 
 namespace moe {
 
+// One token's sum by one warp. A lane owns 8 adjacent columns of each
+// 256-column chunk (one 16-byte load of bf16, two of fp32) and issues the
+// loads of kCombinePairs pairs' rows over kChunks chunks before the first
+// FMA: the loop is bound by load latency (~1.6 TB/s with one 16-byte load
+// per pair in flight, ~2 TB/s with four 8-byte loads of one pair at a time;
+// traces, H200). Two chunks of bf16 (one of fp32) keep it within the
+// kernel's 128 registers. The FMAs keep pair order j ascending per element,
+// so the result is bitwise that of one pair at a time; a dropped pair
+// (w == 0) is neither read nor added.
+constexpr int kCombinePairs = 2;
+template <bool kBF16>
+__device__ __forceinline__ void combine_token(const char* rrow, int64_t rrb, float* orow, int H, int k, float wl,
+                                              int lane) {
+  constexpr int kChunks = kBF16 ? 2 : 1;  // 256-column chunks per pass
+  constexpr int kWords = kBF16 ? 4 : 8;   // 32-bit words of a lane's 8 values
+  for (int c0 = 0; c0 < H; c0 += 256 * kChunks) {  // every lane iterates: the shuffles need the full warp
+    float acc[kChunks][8];
+#pragma unroll
+    for (int u = 0; u < kChunks; ++u) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[u][e] = 0.f;
+    }
+    for (int j0 = 0; j0 < k; j0 += kCombinePairs) {
+      float w[kCombinePairs];
+      uint32_t raw[kCombinePairs][kChunks][kWords];
+#pragma unroll
+      for (int jj = 0; jj < kCombinePairs; ++jj) {
+        const int j = j0 + jj;
+        w[jj] = __shfl_sync(kFull, wl, j < k ? j : 0);
+        if (j >= k) w[jj] = 0.f;
+        const char* rp = rrow + j * rrb;
+#pragma unroll
+        for (int u = 0; u < kChunks; ++u) {
+          const int col = c0 + u * 256 + lane * 8;
+          if (w[jj] != 0.f && col < H) {
+            if constexpr (kBF16) {
+              const uint4 v = __ldcg(reinterpret_cast<const uint4*>(rp) + col / 8);
+              raw[jj][u][0] = v.x; raw[jj][u][1] = v.y; raw[jj][u][2] = v.z; raw[jj][u][3] = v.w;
+            } else {
+              const float4 a = ld_cg4(reinterpret_cast<const float*>(rp) + col);
+              const float4 b = ld_cg4(reinterpret_cast<const float*>(rp) + col + 4);
+              raw[jj][u][0] = __float_as_uint(a.x); raw[jj][u][1] = __float_as_uint(a.y);
+              raw[jj][u][2] = __float_as_uint(a.z); raw[jj][u][3] = __float_as_uint(a.w);
+              raw[jj][u][4] = __float_as_uint(b.x); raw[jj][u][5] = __float_as_uint(b.y);
+              raw[jj][u][6] = __float_as_uint(b.z); raw[jj][u][7] = __float_as_uint(b.w);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int jj = 0; jj < kCombinePairs; ++jj) {
+#pragma unroll
+        for (int u = 0; u < kChunks; ++u) {
+          const int col = c0 + u * 256 + lane * 8;
+          if (w[jj] == 0.f || col >= H) continue;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            // bf16 value e: the low (e even) or high half of word e / 2, widened exactly.
+            float r;
+            if constexpr (kBF16) {
+              r = __uint_as_float((e & 1) ? (raw[jj][u][e / 2] & 0xffff0000u) : (raw[jj][u][e / 2] << 16));
+            } else {
+              r = __uint_as_float(raw[jj][u][e]);
+            }
+            acc[u][e] = fmaf(w[jj], r, acc[u][e]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kChunks; ++u) {
+      const int col = c0 + u * 256 + lane * 8;
+      if (col < H) {
+        st4(orow + col, make_float4(acc[u][0], acc[u][1], acc[u][2], acc[u][3]));
+        st4(orow + col + 4, make_float4(acc[u][4], acc[u][5], acc[u][6], acc[u][7]));
+      }
+    }
+  }
+}
+
 __device__ inline bool combine(Ctx& c) {
   const MoeParams& p = c.p;
   const int T = p.tokens, H = p.hidden, k = p.topk, W = p.world;
@@ -36,46 +116,14 @@ __device__ inline bool combine(Ctx& c) {
   const int gwarp = blockIdx.x * kWarps + (threadIdx.x >> 5);
   const int nwarps = gridDim.x * kWarps;
   const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
-  // kCombineChunks column chunks of 128 per pass: each lane has that many
-  // independent loads in flight per pair instead of one (the loop was
-  // latency-bound at ~1.6 TB/s; trace, 2x H200).
-  constexpr int kCombineChunks = 4;
   for (int t = gwarp; t < T; t += nwarps) {
     const float wl = lane < k ? ld_cg(tw + t * k + lane) : 0.f;
     const char* rrow = ret + static_cast<int64_t>(t) * k * rrb;
     float* orow = out + static_cast<int64_t>(t) * H;
-    for (int c0 = 0; c0 < H; c0 += 128 * kCombineChunks) {  // every lane iterates: the shuffles need the full warp
-      float4 acc[kCombineChunks];
-#pragma unroll
-      for (int u = 0; u < kCombineChunks; ++u) acc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int j = 0; j < k; ++j) {
-        const float w = __shfl_sync(kFull, wl, j);
-        if (w == 0.f) continue;
-        const char* rp = rrow + j * rrb;
-        float4 r[kCombineChunks];
-#pragma unroll
-        for (int u = 0; u < kCombineChunks; ++u) {
-          const int col = c0 + u * 128 + lane * 4;
-          if (col < H) {
-            r[u] = bf16 ? bf16x4_to_float4(__ldcg(reinterpret_cast<const uint2*>(rp) + col / 4))
-                        : ld_cg4(reinterpret_cast<const float*>(rp) + col);
-          } else {
-            r[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kCombineChunks; ++u) {
-          acc[u].x = fmaf(w, r[u].x, acc[u].x);
-          acc[u].y = fmaf(w, r[u].y, acc[u].y);
-          acc[u].z = fmaf(w, r[u].z, acc[u].z);
-          acc[u].w = fmaf(w, r[u].w, acc[u].w);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kCombineChunks; ++u) {
-        const int col = c0 + u * 128 + lane * 4;
-        if (col < H) st4(orow + col, acc[u]);
-      }
+    if (bf16) {
+      combine_token<true>(rrow, rrb, orow, H, k, wl, lane);
+    } else {
+      combine_token<false>(rrow, rrb, orow, H, k, wl, lane);
     }
   }
   if (threadIdx.x == 0 && blockIdx.x * kWarps < T) {
