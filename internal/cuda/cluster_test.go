@@ -174,19 +174,7 @@ func TestGPULaunchCooperativeCluster(t *testing.T) {
 	if maj, _, _ := d.ComputeCapability(dev); maj < 9 {
 		t.Skipf("thread-block clusters need sm_90; device is sm_%d", maj)
 	}
-	ptx, err := os.ReadFile("testdata/smoke.ptx")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := d.ModuleLoadData(ptx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.ModuleUnload(m)
-	fn, err := d.ModuleGetFunction(m, "smoke")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fn := smokeKernel(t, d)
 	perSM, err := d.OccupancyMaxActiveBlocksPerMultiprocessor(fn, 256, 0)
 	if err != nil {
 		t.Fatal(err)

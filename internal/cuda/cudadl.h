@@ -410,6 +410,21 @@ static inline CUresult mr_cuTensorMapEncodeTiled2D(void *f, uint64_t *out16, int
 	return r;
 }
 
+// mr_kernel_params points *kp at a heap copy of the kernel's one argument
+// (arg, n bytes; none when n is 0), to free with *copy after the launch call.
+// Returns 0 when the copy cannot be made.
+static inline int mr_kernel_params(const void *arg, size_t n, void **copy, void *params[1], void ***kp) {
+	*copy = NULL;
+	*kp = NULL;
+	if (n == 0) return 1;
+	*copy = malloc(n);
+	if (*copy == NULL) return 0;
+	memcpy(*copy, arg, n);
+	params[0] = *copy;
+	*kp = params;
+	return 1;
+}
+
 // mr_launch launches fn with a single by-value argument: the n bytes at arg
 // (none when n is 0). The bytes are copied to malloc'ed (16-byte aligned) C
 // memory first; the driver copies kernel parameters before the launch call
@@ -421,13 +436,7 @@ static inline CUresult mr_launch(void *f, int cooperative, uintptr_t fn, unsigne
 	void *copy = NULL;
 	void *params[1] = {NULL};
 	void **kp = NULL;
-	if (n > 0) {
-		copy = malloc(n);
-		if (copy == NULL) return (CUresult)CUDA_ERROR_OUT_OF_MEMORY;
-		memcpy(copy, arg, n);
-		params[0] = copy;
-		kp = params;
-	}
+	if (!mr_kernel_params(arg, n, &copy, params, &kp)) return (CUresult)CUDA_ERROR_OUT_OF_MEMORY;
 	CUresult r;
 	if (cooperative) {
 		r = ((pfn_cuLaunchCooperativeKernel)f)(MR_H(CUfunction, fn), gx, gy, gz, bx, by, bz, smem,
@@ -479,13 +488,7 @@ static inline CUresult mr_launch_ex(void *f, int coop, unsigned int clusterX, ui
 	void *copy = NULL;
 	void *params[1] = {NULL};
 	void **kp = NULL;
-	if (n > 0) {
-		copy = malloc(n);
-		if (copy == NULL) return (CUresult)CUDA_ERROR_OUT_OF_MEMORY;
-		memcpy(copy, arg, n);
-		params[0] = copy;
-		kp = params;
-	}
+	if (!mr_kernel_params(arg, n, &copy, params, &kp)) return (CUresult)CUDA_ERROR_OUT_OF_MEMORY;
 	CUresult r = ((pfn_cuLaunchKernelEx)f)(&cfg, MR_H(CUfunction, fn), kp, NULL);
 	free(copy);
 	return r;

@@ -128,8 +128,10 @@ func TestGPUSmoke(t *testing.T) {
 	}
 }
 
-func TestGPULaunchPTXKernel(t *testing.T) {
-	d, dev := gpu(t)
+// smokeKernel loads testdata/smoke.ptx and returns its kernel; the module
+// is unloaded when the test ends.
+func smokeKernel(t *testing.T, d *Driver) Function {
+	t.Helper()
 	ptx, err := os.ReadFile("testdata/smoke.ptx")
 	if err != nil {
 		t.Fatal(err)
@@ -138,11 +140,17 @@ func TestGPULaunchPTXKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.ModuleUnload(m)
+	t.Cleanup(func() { d.ModuleUnload(m) })
 	fn, err := d.ModuleGetFunction(m, "smoke")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return fn
+}
+
+func TestGPULaunchPTXKernel(t *testing.T) {
+	d, dev := gpu(t)
+	fn := smokeKernel(t, d)
 	regs, _ := d.FuncGetAttribute(fn, FuncNumRegs)
 	perSM, err := d.OccupancyMaxActiveBlocksPerMultiprocessor(fn, 256, 0)
 	if err != nil || perSM < 1 {
