@@ -2,6 +2,7 @@ package bootstrap
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -12,8 +13,13 @@ import (
 
 // Options configure Init.
 type Options struct {
-	// Timeout bounds every collective wait; 0 means transport.DefaultTimeout.
+	// Timeout bounds every collective wait, and MPI's start-up (see
+	// startupGuard); 0 means transport.DefaultTimeout.
 	Timeout time.Duration
+	// TimeoutName is what the caller's users call Timeout (a flag such as
+	// "--timeout"), for the start-up timeout's message; "" means
+	// "Options.Timeout".
+	TimeoutName string
 }
 
 func (o Options) timeout() time.Duration {
@@ -21,6 +27,23 @@ func (o Options) timeout() time.Duration {
 		return transport.DefaultTimeout
 	}
 	return o.Timeout
+}
+
+// startupGuard arms the bound on MPI's start-up: MPI_Init_thread waits for
+// every rank of the job with no bound of its own, so a rank that dies or
+// stops while starting would leave the others in it forever, and a call
+// into MPI cannot be abandoned and retried. If stop is not called within d,
+// the guard writes why to w and calls exit(1): the process ends (under
+// mpirun, the job). stop reports whether it disarmed the guard in time.
+func startupGuard(d time.Duration, name string, w io.Writer, exit func(int)) (stop func() bool) {
+	if name == "" {
+		name = "Options.Timeout"
+	}
+	t := time.AfterFunc(d, func() {
+		fmt.Fprintf(w, "bootstrap: start-up (MPI_Init) did not finish within %s %v: a rank died or is stuck while starting; giving up\n", name, d)
+		exit(1)
+	})
+	return t.Stop
 }
 
 // World is this process's place in the job.

@@ -1,6 +1,7 @@
 package bootstrap
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -368,5 +369,53 @@ func TestCountHosts(t *testing.T) {
 	l := countHosts([]string{"x"}, 0)
 	if l != (hostLayout{LocalRank: 0, LocalSize: 1, Nodes: 1}) {
 		t.Fatalf("countHosts of one rank = %+v", l)
+	}
+}
+
+// The start-up bound fires once, with the caller's name for the timeout and
+// exit code 1, unless it is stopped in time.
+func TestStartupGuard(t *testing.T) {
+	var out bytes.Buffer
+	codes := make(chan int, 2)
+	startupGuard(10*time.Millisecond, "--timeout", &out, func(code int) { codes <- code })
+	select {
+	case code := <-codes:
+		if code != 1 {
+			t.Errorf("exit code %d, want 1", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the guard did not fire within 5 s of a 10 ms bound")
+	}
+	if want := "bootstrap: start-up (MPI_Init) did not finish within --timeout 10ms: a rank died or is stuck while starting"; !strings.Contains(out.String(), want) {
+		t.Errorf("message %q lacks %q", out.String(), want)
+	}
+
+	var quiet bytes.Buffer
+	stop := startupGuard(50*time.Millisecond, "", &quiet, func(code int) { codes <- code })
+	if !stop() {
+		t.Fatal("stop() = false right after arming a 50 ms guard")
+	}
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case code := <-codes:
+		t.Errorf("a stopped guard exited with code %d", code)
+	default:
+	}
+	if quiet.Len() != 0 {
+		t.Errorf("a stopped guard wrote %q", quiet.String())
+	}
+}
+
+func TestStartupGuardDefaultName(t *testing.T) {
+	var out bytes.Buffer
+	done := make(chan struct{})
+	startupGuard(time.Millisecond, "", &out, func(int) { close(done) })
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the guard did not fire")
+	}
+	if !strings.Contains(out.String(), "within Options.Timeout 1ms") {
+		t.Errorf("message %q does not name Options.Timeout", out.String())
 	}
 }

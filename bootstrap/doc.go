@@ -29,6 +29,11 @@
 //
 // # Timeouts
 //
+// MPI's start-up (MPI_Init_thread, which waits for every rank) is bounded by
+// Options.Timeout too: it cannot be abandoned, so past the bound Init writes
+// why to stderr and ends the process with exit code 1 (under mpirun, the
+// job) rather than leave it waiting for a rank that died while starting.
+//
 // Every collective waits at most Options.Timeout. After a timeout the
 // communicator is unusable (the timed-out operation is still pending inside
 // MPI, and the next collective would pair with it on the other ranks): later

@@ -90,6 +90,8 @@ func MPIBuilt() bool { return true }
 
 // Init initialises MPI (MPI_Init_thread with MPI_THREAD_FUNNELED, unless the
 // embedding program did already) and finds this rank's place in the job.
+// MPI_Init_thread is bounded by opts.Timeout: past it, the process ends
+// with exit code 1 and a message on stderr (startupGuard).
 // It locks the calling goroutine to its OS thread: every later MPI call must
 // come from that goroutine. If Init fails after MPI started, exit with a
 // non-zero code (the launcher then ends the job) or call AbortJob.
@@ -103,7 +105,10 @@ func Init(opts Options) (*World, error) {
 	owns := false
 	if !mpi.IsOn() {
 		var provided C.int
-		if rc := C.moe_init_funneled(&provided); rc != C.MPI_SUCCESS {
+		stop := startupGuard(opts.timeout(), opts.TimeoutName, os.Stderr, os.Exit)
+		rc := C.moe_init_funneled(&provided)
+		stop()
+		if rc != C.MPI_SUCCESS {
 			return nil, fmt.Errorf("bootstrap: MPI_Init_thread: %s", mpiErrString(rc))
 		}
 		owns = true

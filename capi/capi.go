@@ -246,7 +246,7 @@ func moerun_open(opts *C.moerun_options, shape *C.moerun_config, out *C.moerun_r
 		}
 		if state.world == nil {
 			bootstrap.DisableNVLS()
-			w, err := bootstrap.Init(bootstrap.Options{Timeout: o.Timeout})
+			w, err := bootstrap.Init(bootstrap.Options{Timeout: o.Timeout, TimeoutName: "moerun_options.timeout_ms"})
 			// Init locks the calling goroutine to its thread for MPI; a call
 			// from C runs on the caller's thread anyway, so balance it.
 			runtime.UnlockOSThread()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"github.com/moerun/moerun/bootstrap"
 	"github.com/moerun/moerun/internal/backend"
@@ -36,14 +35,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	// Safety first: never let NVSHMEM (or NCCL in an embedding process) use
 	// NVLink multicast unless the user asked for it explicitly.
 	bootstrap.DisableNVLS()
-	// MPI_Init waits for every rank without a bound of its own: a rank that
-	// dies or hangs while starting would leave the others waiting forever.
-	startup := time.AfterFunc(o.Timeout, func() {
-		fmt.Fprintf(stderr, "moerun bench: start-up (MPI_Init) did not finish within --timeout %v: a rank died or is stuck while starting; giving up\n", o.Timeout)
-		os.Exit(exitFailure)
-	})
-	world, err := bootstrap.Init(bootstrap.Options{Timeout: o.Timeout})
-	startup.Stop()
+	// bootstrap.Init bounds MPI's start-up by the same --timeout.
+	world, err := bootstrap.Init(bootstrap.Options{Timeout: o.Timeout, TimeoutName: "--timeout"})
 	if err != nil {
 		fmt.Fprintf(stderr, "moerun bench: %v\n", err)
 		return exitFailure

@@ -91,7 +91,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "driver: %v\n", err)
 		os.Exit(2)
 	}
-	world, err := bootstrap.Init(bootstrap.Options{Timeout: o.timeout})
+	world, err := bootstrap.Init(bootstrap.Options{Timeout: o.timeout, TimeoutName: "-timeout"})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "driver: %v\n", err)
 		os.Exit(1)
