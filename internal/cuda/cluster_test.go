@@ -4,12 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 )
 
 // fakeClusterC adds the launch-attribute functions to the fake driver
@@ -74,15 +72,10 @@ func fakeClusterDriver(t *testing.T) *Driver {
 		t.Fatal(err)
 	}
 	lib := filepath.Join(dir, "libfakecluster.so")
-	if out, err := exec.Command(gcc, "-shared", "-fPIC", "-Wall", "-Werror", "-I", ".",
-		src, "-o", lib).CombinedOutput(); err != nil {
-		t.Fatalf("building the fake driver with cluster launches: %s", out)
+	if err := buildFakeLib(gcc, src, lib); err != nil {
+		t.Fatalf("building the fake driver with cluster launches: %v", err)
 	}
-	d, err := LoadFrom(lib)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return loadFake(t, lib)
 }
 
 func TestFakeDriverClusterLaunch(t *testing.T) {
@@ -226,23 +219,7 @@ func TestGPULaunchCooperativeCluster(t *testing.T) {
 	if err := d.StreamBeginCapture(s, CaptureModeThreadLocal); err != nil {
 		t.Fatal(err)
 	}
-	lerr := d.LaunchCooperativeCluster(fn, grid, block, 2, 0, s, arg)
-	g, err := d.StreamEndCapture(s)
-	if lerr != nil || err != nil {
-		t.Fatal(errors.Join(lerr, err))
-	}
-	defer d.GraphDestroy(g)
-	e, err := d.GraphInstantiate(g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.GraphExecDestroy(e)
-	if err := d.GraphLaunch(e, s); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.StreamWait(s, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	replayCapture(t, d, s, d.LaunchCooperativeCluster(fn, grid, block, 2, 0, s, arg))
 	check("graph", 8)
 
 	if err := d.LaunchCooperativeCluster(fn, [3]uint32{3, 1, 1}, block, 2, 0, 0, arg); err == nil {

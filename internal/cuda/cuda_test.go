@@ -3,6 +3,7 @@ package cuda
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,16 +129,26 @@ func fakeDriver(t *testing.T) *Driver {
 			return
 		}
 		fakePath = filepath.Join(dir, "libfakecuda.so")
-		out, err := exec.Command(gcc, "-shared", "-fPIC", "-Wall", "-Werror", "-I", ".",
-			"testdata/fakecuda.c", "-o", fakePath).CombinedOutput()
-		if err != nil {
-			fakeErr = errors.New(string(out))
-		}
+		fakeErr = buildFakeLib(gcc, "testdata/fakecuda.c", fakePath)
 	})
 	if fakeErr != nil {
 		t.Fatalf("building the fake driver: %v", fakeErr)
 	}
-	d, err := LoadFrom(fakePath)
+	return loadFake(t, fakePath)
+}
+
+// buildFakeLib compiles a fake driver's C source into the shared library lib.
+func buildFakeLib(gcc, src, lib string) error {
+	out, err := exec.Command(gcc, "-shared", "-fPIC", "-Wall", "-Werror", "-I", ".", src, "-o", lib).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+func loadFake(t *testing.T, lib string) *Driver {
+	t.Helper()
+	d, err := LoadFrom(lib)
 	if err != nil {
 		t.Fatal(err)
 	}

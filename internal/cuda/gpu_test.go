@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -128,6 +129,28 @@ func TestGPUSmoke(t *testing.T) {
 	}
 }
 
+// replayCapture ends the capture on s (launchErr: what the captured launch
+// returned), instantiates the graph, launches it once and waits for it.
+func replayCapture(t *testing.T, d *Driver, s Stream, launchErr error) {
+	t.Helper()
+	g, err := d.StreamEndCapture(s)
+	if launchErr != nil || err != nil {
+		t.Fatal(errors.Join(launchErr, err))
+	}
+	t.Cleanup(func() { d.GraphDestroy(g) })
+	e, err := d.GraphInstantiate(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.GraphExecDestroy(e) })
+	if err := d.GraphLaunch(e, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.StreamWait(s, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // smokeKernel loads testdata/smoke.ptx and returns its kernel; the module
 // is unloaded when the test ends.
 func smokeKernel(t *testing.T, d *Driver) Function {
@@ -197,25 +220,7 @@ func TestGPULaunchPTXKernel(t *testing.T) {
 	if err := d.StreamBeginCapture(s, CaptureModeThreadLocal); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.LaunchKernel(fn, grid, [3]uint32{256, 1, 1}, 0, s, arg); err != nil {
-		t.Fatal(err)
-	}
-	g, err := d.StreamEndCapture(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.GraphDestroy(g)
-	e, err := d.GraphInstantiate(g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.GraphExecDestroy(e)
-	if err := d.GraphLaunch(e, s); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.StreamWait(s, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	replayCapture(t, d, s, d.LaunchKernel(fn, grid, [3]uint32{256, 1, 1}, 0, s, arg))
 	if err := d.MemcpyDtoH(got, out); err != nil {
 		t.Fatal(err)
 	}
