@@ -6,6 +6,7 @@
 #     make -f kernels/kernels.mk kernels        # build/moerun.cubin + kernels/moerun.cubin
 #     make -f kernels/kernels.mk kernels-sass   # build/moerun.sass (needs cuobjdump + nvdisasm), MMA-loop summary
 #     make -f kernels/kernels.mk kernels-info   # the toolchain it found
+#     make -f kernels/kernels.mk kernels-probe  # ptxas report and MMA loops of kernels/tools/ws_probe.cu (compile only)
 #     make -f kernels/kernels.mk kernels-clean
 #
 # Inputs (all optional; environment or command line):
@@ -52,7 +53,7 @@ KERNEL_CUBIN := $(BUILD)/moerun.cubin
 NVCC_FLAGS := -rdc=true -gencode arch=$(subst sm_,compute_,$(KERNEL_ARCH)),code=$(KERNEL_ARCH) -maxrregcount=$(KERNEL_MAXREG) -O3 -std=c++17 -lineinfo \
 	-I$(NVSHMEM_HOME)/include -I$(KERNELS_DIR) -Xptxas -v $(NVCC_EXTRA)
 
-.PHONY: kernels kernels-sass kernels-info kernels-clean kernels-check-toolchain
+.PHONY: kernels kernels-sass kernels-probe kernels-info kernels-clean kernels-check-toolchain
 
 kernels: $(KERNEL_CUBIN) $(KERNELS_DIR)/moerun.cubin
 
@@ -90,6 +91,18 @@ kernels-sass: $(KERNEL_CUBIN)
 		echo "tensor-core loops (the GEMM main loops must show 0 local-memory ops):" && \
 		{ python3 $(KERNELS_DIR)/tools/sass_loops.py $(BUILD)/moerun.sass | awk '$$6 < 400' || true; }; \
 	fi
+
+# The planned one-block-per-SM tile, compiled only (kernels/tools/ws_probe.cu).
+kernels-probe: kernels-check-toolchain
+	@mkdir -p $(BUILD)/probe
+	$(NVCC) -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -cubin -Xptxas -v \
+		$(KERNELS_DIR)/tools/ws_probe.cu -o $(BUILD)/probe/ws_probe.cubin 2> $(BUILD)/probe/ptxas.txt || { cat $(BUILD)/probe/ptxas.txt >&2; exit 1; }
+	@grep -A2 "Function properties for ws_tile" $(BUILD)/probe/ptxas.txt
+	@CUOBJDUMP=$$($(FIND_TOOLCHAIN) tool cuobjdump $(VENV)); NVDISASM=$$($(FIND_TOOLCHAIN) tool nvdisasm $(VENV)); \
+	if [ -n "$$CUOBJDUMP" ] && [ -n "$$NVDISASM" ]; then \
+		PATH=$$(dirname $$NVDISASM):$$PATH $$CUOBJDUMP -sass $(BUILD)/probe/ws_probe.cubin > $(BUILD)/probe/ws_probe.sass && \
+		python3 $(KERNELS_DIR)/tools/sass_loops.py $(BUILD)/probe/ws_probe.sass; \
+	else echo "kernels-probe: no SASS summary (cuobjdump and nvdisasm are both needed)"; fi
 
 kernels-clean:
 	rm -rf $(BUILD)/kernels $(KERNEL_CUBIN) $(BUILD)/ptxas.txt $(BUILD)/moerun.sass $(BUILD)/moerun.res $(KERNELS_DIR)/moerun.cubin
