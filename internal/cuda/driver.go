@@ -200,8 +200,8 @@ var symbols = [numSyms]symbolSpec{
 	symOccupancyMaxActiveBlocksPerMultiprocessor: req("cuOccupancyMaxActiveBlocksPerMultiprocessor"),
 	symLaunchKernel:            req("cuLaunchKernel"),
 	symLaunchCooperativeKernel: req("cuLaunchCooperativeKernel"),
-	// CUDA 11.8 and newer; only the kernel's opt-in cluster launch
-	// (kernels.FlagPair) needs them.
+	// CUDA 11.8 and newer; no launch of moerun uses them today (launch.go,
+	// "Clusters"), so a driver without them only fails those two calls.
 	symLaunchKernelEx:             opt("cuLaunchKernelEx"),
 	symOccupancyMaxActiveClusters: opt("cuOccupancyMaxActiveClusters"),
 	// CUDA 12.0 and newer; only the kernel's opt-in TMA loads need it (a
