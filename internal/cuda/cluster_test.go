@@ -111,12 +111,7 @@ func TestFakeDriverClusterLaunch(t *testing.T) {
 	defer d.StreamDestroy(s)
 	out, _ := d.MemAlloc(16 * 8)
 	defer d.MemFree(out)
-	arg := make([]byte, 32)
-	binary.LittleEndian.PutUint64(arg[0:], uint64(out))
-	binary.LittleEndian.PutUint32(arg[8:], 11)
-	binary.LittleEndian.PutUint32(arg[12:], 22)
-	binary.LittleEndian.PutUint64(arg[16:], 1<<40)
-	binary.LittleEndian.PutUint64(arg[24:], 44)
+	arg := fakeKernArg(out)
 	if err := d.LaunchCooperativeCluster(fn, grid, block, 2, 200<<10, s, arg); err != nil {
 		t.Fatal(err)
 	}
@@ -182,27 +177,7 @@ func TestGPULaunchCooperativeCluster(t *testing.T) {
 	t.Logf("%d blocks of 256 resident, %d clusters of 2", grid[0], clusters)
 	grid[0] = min(grid[0], uint32(2*clusters))
 
-	n := grid[0] * 256
-	out, err := d.MemAlloc(uint64(4 * n))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.MemFree(out)
-	arg := make([]byte, 16)
-	binary.LittleEndian.PutUint64(arg[0:], uint64(out))
-	binary.LittleEndian.PutUint32(arg[8:], n)
-	got := make([]uint32, n)
-	check := func(what string, add uint32) {
-		t.Helper()
-		if err := d.MemcpyDtoH(got, out); err != nil {
-			t.Fatal(err)
-		}
-		for i, v := range got {
-			if v != uint32(i)+add {
-				t.Fatalf("%s: out[%d] = %d, want %d", what, i, v, uint32(i)+add)
-			}
-		}
-	}
+	arg, check := smokeBuffers(t, d, grid[0]*256)
 
 	binary.LittleEndian.PutUint32(arg[12:], 5)
 	if err := d.LaunchCooperativeCluster(fn, grid, block, 2, 0, 0, arg); err != nil {

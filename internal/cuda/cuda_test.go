@@ -137,6 +137,19 @@ func fakeDriver(t *testing.T) *Driver {
 	return loadFake(t, fakePath)
 }
 
+// fakeKernArg is the fake driver's kernel argument (testdata/fakecuda.c):
+// the output buffer, then 11, 22, 1<<40 and 44, which the fake writes back
+// to out for the tests to check.
+func fakeKernArg(out DevicePtr) []byte {
+	arg := make([]byte, 32)
+	binary.LittleEndian.PutUint64(arg[0:], uint64(out))
+	binary.LittleEndian.PutUint32(arg[8:], 11)
+	binary.LittleEndian.PutUint32(arg[12:], 22)
+	binary.LittleEndian.PutUint64(arg[16:], 1<<40)
+	binary.LittleEndian.PutUint64(arg[24:], 44)
+	return arg
+}
+
 // buildFakeLib compiles a fake driver's C source into the shared library lib.
 func buildFakeLib(gcc, src, lib string) error {
 	out, err := exec.Command(gcc, "-shared", "-fPIC", "-Wall", "-Werror", "-I", ".", src, "-o", lib).CombinedOutput()
@@ -422,12 +435,7 @@ func TestFakeDriverModulesAndLaunches(t *testing.T) {
 
 	out, _ := d.MemAlloc(12 * 8)
 	defer d.MemFree(out)
-	arg := make([]byte, 32)
-	binary.LittleEndian.PutUint64(arg[0:], uint64(out))
-	binary.LittleEndian.PutUint32(arg[8:], 11)
-	binary.LittleEndian.PutUint32(arg[12:], 22)
-	binary.LittleEndian.PutUint64(arg[16:], 1<<40)
-	binary.LittleEndian.PutUint64(arg[24:], 44)
+	arg := fakeKernArg(out)
 
 	for _, coop := range []bool{true, false} {
 		launch := d.LaunchKernel

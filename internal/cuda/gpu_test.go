@@ -151,6 +151,35 @@ func replayCapture(t *testing.T, d *Driver, s Stream, launchErr error) {
 	}
 }
 
+// smokeBuffers allocates the smoke kernel's n outputs (freed when the test
+// ends) and its argument: the outputs, n, and the addend at arg[12:], which
+// the caller sets. check copies the outputs back and wants out[i] = i + add
+// for every i.
+func smokeBuffers(t *testing.T, d *Driver, n uint32) (arg []byte, check func(what string, add uint32)) {
+	t.Helper()
+	out, err := d.MemAlloc(uint64(4 * n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.MemFree(out) })
+	arg = make([]byte, 16)
+	binary.LittleEndian.PutUint64(arg[0:], uint64(out))
+	binary.LittleEndian.PutUint32(arg[8:], n)
+	got := make([]uint32, n)
+	check = func(what string, add uint32) {
+		t.Helper()
+		if err := d.MemcpyDtoH(got, out); err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range got {
+			if v != uint32(i)+add {
+				t.Fatalf("%s: out[%d] = %d, want %d", what, i, v, uint32(i)+add)
+			}
+		}
+	}
+	return arg, check
+}
+
 // smokeKernel loads testdata/smoke.ptx and returns its kernel; the module
 // is unloaded when the test ends.
 func smokeKernel(t *testing.T, d *Driver) Function {
@@ -183,14 +212,7 @@ func TestGPULaunchPTXKernel(t *testing.T) {
 	t.Logf("smoke: %d registers, %d blocks of 256 per SM", regs, perSM)
 
 	n := uint32(sms * perSM * 256)
-	out, err := d.MemAlloc(uint64(4 * n))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.MemFree(out)
-	arg := make([]byte, 16)
-	binary.LittleEndian.PutUint64(arg[0:], uint64(out))
-	binary.LittleEndian.PutUint32(arg[8:], n)
+	arg, check := smokeBuffers(t, d, n)
 	binary.LittleEndian.PutUint32(arg[12:], 7)
 
 	grid := [3]uint32{uint32(sms * perSM), 1, 1}
@@ -200,15 +222,7 @@ func TestGPULaunchPTXKernel(t *testing.T) {
 	if err := d.CtxSynchronize(); err != nil {
 		t.Fatal(err)
 	}
-	got := make([]uint32, n)
-	if err := d.MemcpyDtoH(got, out); err != nil {
-		t.Fatal(err)
-	}
-	for i, v := range got {
-		if v != uint32(i)+7 {
-			t.Fatalf("out[%d] = %d, want %d", i, v, i+7)
-		}
-	}
+	check("direct", 7)
 
 	// The same launch captured in a graph, with another addend.
 	if _, size, err := d.FuncParamInfo(fn, 0); err == nil && size != 16 {
@@ -221,12 +235,7 @@ func TestGPULaunchPTXKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	replayCapture(t, d, s, d.LaunchKernel(fn, grid, [3]uint32{256, 1, 1}, 0, s, arg))
-	if err := d.MemcpyDtoH(got, out); err != nil {
-		t.Fatal(err)
-	}
-	if got[n-1] != n-1+9 {
-		t.Errorf("after the graph: out[n-1] = %d, want %d", got[n-1], n-1+9)
-	}
+	check("after the graph", 9)
 
 	if err := d.LaunchCooperative(fn, [3]uint32{uint32(sms*perSM + sms), 1, 1}, [3]uint32{256, 1, 1}, 0, 0, arg); err == nil {
 		t.Error("an oversized cooperative launch succeeded")

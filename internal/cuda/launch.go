@@ -35,12 +35,9 @@ func (d *Driver) launch(coop bool, fn Function, grid, block [3]uint32, smem uint
 	if coop {
 		s = symLaunchCooperativeKernel
 	}
-	if err := d.checkParams(fn, len(arg)); err != nil {
-		return fmt.Errorf("%s(%s): %w", symbols[s].api, d.funcName(fn), err)
-	}
-	var p unsafe.Pointer
-	if len(arg) > 0 {
-		p = unsafe.Pointer(&arg[0])
+	p, err := d.kernelArg(s, fn, arg)
+	if err != nil {
+		return err
 	}
 	c := C.int(0)
 	if coop {
@@ -74,12 +71,9 @@ func (d *Driver) LaunchCooperativeCluster(fn Function, grid, block [3]uint32, cl
 	if err != nil {
 		return err
 	}
-	if err := d.checkParams(fn, len(arg)); err != nil {
-		return fmt.Errorf("%s(%s): %w", symbols[s].api, d.funcName(fn), err)
-	}
-	var p unsafe.Pointer
-	if len(arg) > 0 {
-		p = unsafe.Pointer(&arg[0])
+	p, err := d.kernelArg(s, fn, arg)
+	if err != nil {
+		return err
 	}
 	r := C.mr_launch_ex(f, 1, C.uint(clusterX), C.uintptr_t(fn),
 		C.uint(grid[0]), C.uint(grid[1]), C.uint(grid[2]),
@@ -122,6 +116,19 @@ const (
 	launchAttributeValueSize   = C.sizeof_CUlaunchAttributeValue
 	launchConfigSize           = C.sizeof_CUlaunchConfig
 )
+
+// kernelArg checks arg against fn's parameter (checkParams) for a launch
+// through API s and returns what the C wrappers take: its first byte, or nil
+// for a kernel without parameters.
+func (d *Driver) kernelArg(s sym, fn Function, arg []byte) (unsafe.Pointer, error) {
+	if err := d.checkParams(fn, len(arg)); err != nil {
+		return nil, fmt.Errorf("%s(%s): %w", symbols[s].api, d.funcName(fn), err)
+	}
+	if len(arg) == 0 {
+		return nil, nil
+	}
+	return unsafe.Pointer(&arg[0]), nil
+}
 
 // paramLayout is what cuFuncGetParamInfo says about a kernel's parameters.
 type paramLayout struct {
