@@ -59,7 +59,8 @@ lint:
 
 # The Python example's test uses the numpy that scripts/setup.sh puts in $(VENV).
 VENV ?= .venv-cuda
-test: lint kernels build examples
+# kernels-ws: the opt-in MOE_WS build must keep compiling (kernels/kernels.mk).
+test: lint kernels kernels-ws build examples
 	MOERUN_PYTHON=$(abspath $(VENV))/bin/python $(GO) test -count=1 -tags mpi ./...
 	$(GO) test -count=1 ./...
 

@@ -105,7 +105,7 @@ __device__ inline bool combine(Ctx& c) {
     c.sh.ok = ok;
     if (tracing(c)) trace_ev(c, MOE_EV_WAIT_RETURN, tw, globaltimer());
   }
-  __syncthreads();
+  block_sync();
   if (!c.sh.ok) return false;
   const char* ret = my_heap(p, p.off_ret_rows);
   const bool bf16 = p.dtype == MOE_DTYPE_BF16;

@@ -7,8 +7,37 @@
 
 namespace moe {
 
+// MOE_WS (a build option, 0 by default): the forward at one block per SM
+// whose MOE_THREADS worker threads (every role below, as in the default
+// build) are joined by a producer warpgroup that loads the stages of the
+// bf16 GEMM tasks (gemm_ws.cuh, expert.cuh). Block barriers of the roles
+// then count the workers only (block_sync).
+#ifndef MOE_WS
+#define MOE_WS 0
+#endif
+
 // Every constant the kernel uses comes from params.h so the host agrees.
 constexpr int kThreads = MOE_THREADS;
+// Threads of a block of the forward: the workers, plus the producer
+// warpgroup in MOE_WS builds (the cubin exports it: moerun_block_threads).
+#define MOE_BLOCK_THREADS (MOE_THREADS + (MOE_WS ? 128 : 0))
+constexpr int kBlockThreads = MOE_BLOCK_THREADS;
+// Blocks per SM the forward (and the entries that share its tile functions)
+// is built for: two of MOE_THREADS, or one with the producer warpgroup
+// (MOE_WS: its 128 x 256 tiles hold 128 accumulators a thread).
+#if MOE_WS
+#define MOE_MIN_BLOCKS 1
+#else
+#define MOE_MIN_BLOCKS 2
+#endif
+// Barrier of the worker threads (all of the block but a MOE_WS producer).
+__device__ __forceinline__ void block_sync() {
+#if MOE_WS
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory");
+#else
+  __syncthreads();
+#endif
+}
 constexpr int kWarps = kThreads / 32;
 constexpr int kTileM = MOE_TILE_M;
 constexpr int kTileN = MOE_TILE_N;
@@ -72,6 +101,9 @@ struct Ctx {
   uint64_t bytes;  // thread 0 / lane 0s: payload bytes stored to other PEs
   uint64_t tasks;  // thread 0: GEMM tasks run
   int tn;          // thread 0: trace events of this block so far (params.trace)
+#if MOE_WS
+  uint32_t ws_n;  // workers: the producer's stages consumed so far (gemm_ws.cuh WsStage)
+#endif
 };
 
 // Storage of the mode: bytes of an element of x, received rows, the
@@ -82,8 +114,10 @@ __device__ __forceinline__ int ret_elem_bytes(const MoeParams& p) { return p.dty
 // transposed weight layout; fp32 the SIMT tiles of gemm.cuh.
 __device__ __forceinline__ bool tc_mode(const MoeParams& p) { return p.dtype != MOE_DTYPE_FP32; }
 // bf16 mode, MOE_FLAG_LOCAL_GATHER: this rank's own rows stay in x (dispatch.cuh, expert.cuh).
+// Off in MOE_WS builds: their GEMM0 tasks load every row with TMA, and
+// gathered rows cannot be (the dispatch copies the own rows instead).
 __device__ __forceinline__ bool local_gather(const MoeParams& p) {
-  return p.dtype == MOE_DTYPE_BF16 && (p.flags & MOE_FLAG_LOCAL_GATHER) != 0;
+  return !MOE_WS && p.dtype == MOE_DTYPE_BF16 && (p.flags & MOE_FLAG_LOCAL_GATHER) != 0;
 }
 
 __device__ __forceinline__ uint32_t dynamic_smem_bytes() {
@@ -131,8 +165,15 @@ __device__ __forceinline__ uint64_t globaltimer() {
 // (block-major: no atomics, no reset race); events past trace_cap are
 // counted in tn and not stored; the count goes to trace_counts[block] at exit.
 // Off, an event costs one uniform branch on a kernel parameter.
+// Out of line, so defined in one object of the cubin only: the other
+// translation units (gemm_bench_*.cu, which define MOE_NO_FORWARD_DEFS)
+// see the declaration, and nvlink finds one definition.
 __device__ __noinline__ void trace_store(uint64_t base, int cap, int n, int kind, uint64_t t0, uint64_t t1, int src,
-                                         int a, int b, int e) {
+                                         int a, int b, int e)
+#ifdef MOE_NO_FORWARD_DEFS
+    ;
+#else
+{
   if (n >= cap) return;
   uint4* ev = reinterpret_cast<uint4*>(base + (static_cast<uint64_t>(blockIdx.x) * cap + n) * sizeof(MoeTraceEvent));
   ev[0] = make_uint4(static_cast<uint32_t>(t0), static_cast<uint32_t>(t0 >> 32), static_cast<uint32_t>(t1),
@@ -140,6 +181,7 @@ __device__ __noinline__ void trace_store(uint64_t base, int cap, int n, int kind
   ev[1] = make_uint4((static_cast<uint32_t>(kind) & 0xffffu) | (static_cast<uint32_t>(src) << 16),
                      static_cast<uint32_t>(a), static_cast<uint32_t>(b), static_cast<uint32_t>(e));
 }
+#endif
 // Thread 0 only. t0: start (%globaltimer), t1: end.
 __device__ __forceinline__ void trace_ev(Ctx& c, int kind, uint64_t t0, uint64_t t1, int src = -1, int a = -1,
                                          int b = -1, int e = -1) {
@@ -214,7 +256,7 @@ __device__ inline int block_exclusive_scan(int* arr, int n, Shared& sh) {
       if (lane >= o) incl += y;
     }
     if (lane == 31) sh.scan_warp[warp] = incl;
-    __syncthreads();
+    block_sync();
     if (warp == 0) {
       int w = lane < kWarps ? sh.scan_warp[lane] : 0;
       int wincl = w;
@@ -226,13 +268,13 @@ __device__ inline int block_exclusive_scan(int* arr, int n, Shared& sh) {
       if (lane < kWarps) sh.scan_warp[lane] = wincl - w;  // exclusive warp offsets
       if (lane == kWarps - 1) sh.scan_warp[kWarps] = wincl;
     }
-    __syncthreads();
+    block_sync();
     if (i < n) arr[i] = carry + sh.scan_warp[warp] + incl - v;
     carry += sh.scan_warp[kWarps];
-    __syncthreads();
+    block_sync();
   }
   if (tid == 0) arr[n] = carry;
-  __syncthreads();
+  block_sync();
   return carry;
 }
 

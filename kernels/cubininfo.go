@@ -11,11 +11,15 @@ import (
 // values of the globals the kernel exports (moe_kernel.cu), read from the
 // cubin's ELF image.
 type CubinInfo struct {
-	ABIVersion int    // moerun_abi_version: must equal ABIVersion
-	ParamsSize int    // moerun_params_size: must equal ParamsSize
-	PhaseBytes int    // moerun_phase_bytes: dynamic shared memory of a tf32/bf16 launch (PhaseBytes unless built with other stages)
-	NVSHMEM    [3]int // moerun_nvshmem_version: the NVSHMEM device library linked in
-	HasKernel  bool   // the entry point KernelName is defined
+	ABIVersion int // moerun_abi_version: must equal ABIVersion
+	ParamsSize int // moerun_params_size: must equal ParamsSize
+	PhaseBytes int // moerun_phase_bytes: dynamic shared memory of a tf32/bf16 launch (PhaseBytes unless built with other stages)
+	// BlockThreads is moerun_block_threads: threads of a block of the
+	// forward, Threads, or Threads + 128 in a MOE_WS build (a producer
+	// warpgroup); Threads for a cubin older than the symbol.
+	BlockThreads int
+	NVSHMEM      [3]int // moerun_nvshmem_version: the NVSHMEM device library linked in
+	HasKernel    bool   // the entry point KernelName is defined
 }
 
 // NVSHMEMVersion formats the device library's version as "3.4.5".
@@ -75,6 +79,13 @@ func ReadCubinInfo(image []byte) (CubinInfo, error) {
 		return info, err
 	}
 	info.PhaseBytes = v[0]
+	info.BlockThreads = Threads
+	if hasSymbol(syms, SymBlockThreads) {
+		if v, err = read(SymBlockThreads, 1); err != nil {
+			return info, err
+		}
+		info.BlockThreads = v[0]
+	}
 	if v, err = read(SymNVSHMEMVersion, 3); err != nil {
 		return info, err
 	}
@@ -87,6 +98,15 @@ func ReadCubinInfo(image []byte) (CubinInfo, error) {
 	return info, nil
 }
 
+func hasSymbol(syms []elf.Symbol, name string) bool {
+	for _, s := range syms {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // Check says whether the cubin fits this host code.
 func (c CubinInfo) Check() error {
 	if !c.HasKernel {
@@ -95,6 +115,9 @@ func (c CubinInfo) Check() error {
 	if c.ABIVersion != ABIVersion || c.ParamsSize != int(ParamsSize) {
 		return fmt.Errorf("cubin was built from another version of kernels/params.h (ABI %d, params %d bytes; this binary expects ABI %d, %d bytes): rebuild it with `make kernels`",
 			c.ABIVersion, c.ParamsSize, ABIVersion, ParamsSize)
+	}
+	if c.BlockThreads != Threads && c.BlockThreads != Threads+WSProducerThreads {
+		return fmt.Errorf("cubin: moerun_block_threads = %d, want %d or %d (MOE_WS): a broken build", c.BlockThreads, Threads, Threads+WSProducerThreads)
 	}
 	if c.PhaseBytes < SIMTPhaseBytes {
 		return fmt.Errorf("cubin: moerun_phase_bytes = %d, below the fp32 phase (%d): a broken build", c.PhaseBytes, SIMTPhaseBytes)

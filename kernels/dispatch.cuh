@@ -89,7 +89,7 @@ __device__ inline void dispatch(Ctx& c) {
   __shared__ int items;                        // rows this block handled (the trace)
   if (threadIdx.x == 0) items = 0;
   for (int e = threadIdx.x; e < E; e += kThreads) pre[e] = ld_cg(count + e);
-  __syncthreads();
+  block_sync();
   const int total = block_exclusive_scan(pre, E, c.sh);
 
   const int nd = dispatch_blocks(p);
@@ -160,7 +160,7 @@ __device__ inline void dispatch(Ctx& c) {
   }
   if (lane == 0) c.bytes += bytes;
   if ((p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // the rows are read by TMA (gemm_tc.cuh)
-  __syncthreads();  // the block's stores, before its arrival; and pre is free again
+  block_sync();  // the block's stores, before its arrival; and pre is free again
   if (threadIdx.x == 0) {
     MoeSched* s = sched_of(p);
     if (remote) {
@@ -176,7 +176,7 @@ __device__ inline void dispatch(Ctx& c) {
     c.busy += t1 - t0;
     if (items > 0) trace_ev(c, MOE_EV_DISPATCH, t0, t1, remote ? 1 : 0, items, 0);
   }
-  __syncthreads();
+  block_sync();
 }
 
 }  // namespace moe

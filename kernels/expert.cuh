@@ -33,28 +33,12 @@
 
 #include "gemm.cuh"
 #include "gemm_tc.cuh"
+#include "gemm_ws.cuh"
 #include "sync.cuh"
 
 namespace moe {
 
 enum TaskType : int { kTaskNone = 0, kTaskG0 = 1, kTaskG1 = 2, kTaskExit = 3 };
-
-// Task geometry of the mode. Row tiles: rows of one task. GEMM0 / GEMM1
-// column tiles: tasks per row tile. H and I are multiples of 64, so only a
-// 128-wide tensor-core column tile can be partial (64 of 128 columns).
-__device__ __forceinline__ int row_tile_rows(const MoeParams& p) { return tc_mode(p) ? kTcTileM : kTileM; }
-__device__ __forceinline__ int g0_tile_cols(const MoeParams& p) {
-  return tc_mode(p) ? (p.ffn == MOE_FFN_SWIGLU ? kTcTileN / 2 : kTcTileN) : kTileN;
-}
-__device__ __forceinline__ int g1_tile_cols(const MoeParams& p) { return tc_mode(p) ? kTcTileN : kTileN; }
-__device__ __forceinline__ int g0_col_tiles(const MoeParams& p) {
-  const int w = g0_tile_cols(p);
-  return (p.ffn_hidden + w - 1) / w;
-}
-__device__ __forceinline__ int g1_col_tiles(const MoeParams& p) {
-  const int w = g1_tile_cols(p);
-  return (p.hidden + w - 1) / w;
-}
 
 // Generic address of the launch's tensor map i (MOE_TMAP_*; a GEMM's B maps
 // follow its A map), or 0 (the cp.async loader) without MOE_FLAG_TMA. The
@@ -85,6 +69,35 @@ __device__ __forceinline__ bool pool_sources(const MoeParams& p) {
          static_cast<int64_t>(p.tokens) * p.topk <= static_cast<int64_t>(p.experts) * kMergeRows;
 }
 
+// MOE_WS builds: the bf16 tasks of the relu / gelu FFN with TMA and
+// per-source row tiles are 128 rows x kWsTileN columns, loaded by the
+// block's producer warpgroup (gemm_ws.cuh). Everything else (tf32, fp32,
+// swiglu, pooled tiles) runs the worker threads' tiles as in the default build.
+__device__ __forceinline__ bool ws_tiles(const MoeParams& p) {
+  return MOE_WS && p.dtype == MOE_DTYPE_BF16 && p.ffn != MOE_FFN_SWIGLU && (p.flags & MOE_FLAG_TMA) != 0 &&
+         !pool_sources(p);
+}
+
+// Task geometry of the mode. Row tiles: rows of one task. GEMM0 / GEMM1
+// column tiles: tasks per row tile. H and I are multiples of 64, so only a
+// tensor-core column tile can be partial (64 of 128, or 64, 128 or 192 of
+// MOE_WS's 256 columns).
+__device__ __forceinline__ int row_tile_rows(const MoeParams& p) { return tc_mode(p) ? kTcTileM : kTileM; }
+__device__ __forceinline__ int g0_tile_cols(const MoeParams& p) {
+  return tc_mode(p) ? (p.ffn == MOE_FFN_SWIGLU ? kTcTileN / 2 : (ws_tiles(p) ? kWsTileN : kTcTileN)) : kTileN;
+}
+__device__ __forceinline__ int g1_tile_cols(const MoeParams& p) {
+  return tc_mode(p) ? (ws_tiles(p) ? kWsTileN : kTcTileN) : kTileN;
+}
+__device__ __forceinline__ int g0_col_tiles(const MoeParams& p) {
+  const int w = g0_tile_cols(p);
+  return (p.ffn_hidden + w - 1) / w;
+}
+__device__ __forceinline__ int g1_col_tiles(const MoeParams& p) {
+  const int w = g1_tile_cols(p);
+  return (p.hidden + w - 1) / w;
+}
+
 // A pooled row tile's descriptor: src = -(segments), row0 = index in rt_desc
 // of its first segment; its segments follow, each a per-source row tile of
 // the same expert (a source's rows of one expert are split into tiles of
@@ -98,6 +111,17 @@ __device__ __forceinline__ int pooled_segments(const MoeRowTile& d) { return -d.
 // source (rowsrc; pooled GEMM1).
 constexpr int kTcRowTabOff = kTcMainBytes;              // int [kTcTileM]
 constexpr int kTcRowSrcOff = kTcBarOff + 2 * kTcStages * 8;  // u8 [kTcTileM], after the TMA mbarriers
+// MOE_WS: the producer's barriers and mailbox (gemm_ws.cuh WsSmem) after the
+// row tables, kept for the whole launch; its stages are the phase buffer's
+// first kWsStages * kWsStageBytes bytes (a MOE_WS build sets MOE_TC_STAGES
+// so that the buffer holds them).
+constexpr int kWsFwdBarOff = (kTcRowSrcOff + kTcTileM + 7) & ~7;
+static_assert(!MOE_WS || (kWsStages * kWsStageBytes <= kTcMainBytes && kWsFwdBarOff + kWsBarBytes <= kTcPhaseUsable),
+              "MOE_WS: the phase buffer holds the producer's stages (-DMOE_TC_STAGES=6) and barriers");
+__device__ __forceinline__ WsSmem ws_smem_of(unsigned char* phase) {
+  const uint32_t base = smem_u32(phase);
+  return WsSmem{base, base + static_cast<uint32_t>(kWsFwdBarOff)};
+}
 constexpr int kTcSegOff = kTcTileM * static_cast<int>(sizeof(void*));  // int [3][kMaxWorld], in stage 0
 static_assert(kTcRowSrcOff + kTcTileM <= kTcPhaseUsable, "row tables fit the phase buffer");
 static_assert(kTcSegOff + 3 * kMaxWorld * 4 <= kTcStageBytes, "pooled tile tables fit stage 0");
@@ -152,7 +176,7 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptil
     cseg[le] = segs;
     cmt[le] = tiles;
   }
-  __syncthreads();
+  block_sync();
   block_exclusive_scan(cseg, El, sh);
   const int M = block_exclusive_scan(cmt, El, sh);
   for (int le = threadIdx.x; le < El; le += kThreads) {
@@ -163,7 +187,7 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptil
       }
     }
   }
-  __syncthreads();  // the segments are in place; rt_desc[0..N) may be overwritten
+  block_sync();  // the segments are in place; rt_desc[0..N) may be overwritten
   for (int le = threadIdx.x; le < El; le += kThreads) {
     const int q0 = N + cseg[le], nseg = cseg[le + 1] - cseg[le];
     int m = cmt[le], first = 0, tsegs = 0, trows = 0;
@@ -188,7 +212,7 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptil
     }
     if (tsegs > 0) emit();
   }
-  __syncthreads();
+  block_sync();
   if (threadIdx.x == 0) {
     for (int i = 0; i < W; ++i) s->ret_target[i] = tgt[i];
     s->arr_tile0[W] = M;
@@ -196,7 +220,7 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptil
     __threadfence();
     st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(W));
   }
-  __syncthreads();
+  block_sync();
   return M;
 }
 
@@ -247,7 +271,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
         if (tracing(c)) trace_ev(c, MOE_EV_WAIT_DISPATCH, tw0, globaltimer(), found);
       }
     }
-    __syncthreads();
+    block_sync();
     const int src = c.sh.bcast[0];
     if (src < 0) return false;
     const uint64_t tw = threadIdx.x == 0 ? globaltimer() : 0;
@@ -257,7 +281,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
       rows[le] = r;
       tiles[le] = (r + tm - 1) / tm;
     }
-    __syncthreads();
+    block_sync();
     block_exclusive_scan(rows, El, c.sh);
     const int ntiles = block_exclusive_scan(tiles, El, c.sh);
     const int tile0 = ld_cg(&s->arr_tile0[n]);
@@ -280,7 +304,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
       d.nrows = min(tm, nr - mt * tm);
       desc[tile0 + i] = d;
     }
-    __syncthreads();
+    block_sync();
     if (threadIdx.x == 0) {
       s->arr_src[n] = src;
       s->arr_tile0[n + 1] = tile0 + ntiles;
@@ -294,7 +318,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
       c.busy += t1 - tw;
       trace_ev(c, MOE_EV_DECODE, tw, t1, src, ntiles);
     }
-    __syncthreads();
+    block_sync();
     t0 = globaltimer();  // the next source gets a full watchdog period from here
     tw0 = t0;
   }
@@ -409,7 +433,7 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
 __device__ inline void finish_gemm0(Ctx& c, int rt) {
   const MoeParams& p = c.p;
   if ((p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // GEMM1 reads the intermediate with TMA
-  __syncthreads();
+  block_sync();
   if (threadIdx.x == 0) {
     MoeSched* sc = sched_of(p);
     __threadfence();
@@ -426,7 +450,7 @@ __device__ inline void finish_gemm0(Ctx& c, int rt) {
 // source's last GEMM1 task sends it its signal.
 __device__ inline void finish_gemm1(Ctx& c, const MoeRowTile& d, uint64_t row_bytes) {
   const MoeParams& p = c.p;
-  __syncthreads();
+  block_sync();
   if (threadIdx.x == 0) {
     MoeSched* sc = sched_of(p);
     __threadfence_system();
@@ -562,7 +586,7 @@ __device__ __noinline__ TcRowPtrs pooled_rows(const MoeParams& p, unsigned char*
     seg[kMaxWorld + tid] = v.x * p.rows_per_source + v.z;
     seg[2 * kMaxWorld + tid] = v.w;
   }
-  __syncthreads();
+  block_sync();
   if (tid < d.nrows) {
     int i = 0, r0 = 0;
     while (i + 1 < nseg && tid >= r0 + seg[2 * kMaxWorld + i]) r0 += seg[2 * kMaxWorld + i++];
@@ -577,14 +601,14 @@ __device__ __noinline__ TcRowPtrs pooled_rows(const MoeParams& p, unsigned char*
     }
     aptr[tid] = a;
   }
-  __syncthreads();
+  block_sync();
   TcRowPtrs out;
 #pragma unroll
   for (int i = 0; i < kTcPasses; ++i) {
     const int r = (tid >> 3) + kTcRowsPerPass * i;
     out.a[i] = r < d.nrows ? aptr[r] : base;  // base: never read (past nrows)
   }
-  __syncthreads();  // every thread holds its rows before the tile's loads overwrite aptr
+  block_sync();  // every thread holds its rows before the tile's loads overwrite aptr
   return out;
 }
 
@@ -643,7 +667,7 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
     tc_tile_run<Mma, NB>(g, c.phase, op, bias);
   }
   const float* cs = reinterpret_cast<const float*>(c.phase);
-  __syncthreads();
+  block_sync();
   T* out = reinterpret_cast<T*>(p.inter) + n0;
   if (pooled) {
     const int* rowtab = reinterpret_cast<const int*>(c.phase + kTcRowTabOff);
@@ -693,7 +717,7 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
     tc_tile_run<Mma, 1>(g, c.phase, kOpNone, bias);  // the tile's first __syncthreads also publishes slots[]
   }
   const float* cs = reinterpret_cast<const float*>(c.phase);
-  __syncthreads();
+  block_sync();
   if (pooled) {
     const unsigned char* rowsrc = c.phase + kTcRowSrcOff;
     tc_copy_out<T>(cs, d.nrows, g.ncols, false, [&](int r) {
@@ -705,6 +729,7 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
   }
   finish_gemm1(c, d, static_cast<uint64_t>(g.ncols) * sizeof(T));
 }
+
 
 // One task of the tensor-core modes.
 template <class Mma>
@@ -735,7 +760,7 @@ __device__ inline bool process(Ctx& c) {
       c.sh.bcast[1] = rt;
       c.sh.bcast[2] = nt;
     }
-    __syncthreads();
+    block_sync();
     const int type = c.sh.bcast[0];
     const int trt = c.sh.bcast[1], tnt = c.sh.bcast[2];
     if (type == kTaskNone) return false;
@@ -761,8 +786,125 @@ __device__ inline bool process(Ctx& c) {
       trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, is_pooled(d) ? -1 : d.src, trt, tnt,
                p.rank * p.experts_per_rank + d.le);
     }
-    __syncthreads();
+    block_sync();
   }
 }
+
+#if MOE_WS
+// ---- MOE_WS: tasks loaded by the producer warpgroup --------------------------
+
+// Thread 0: posts task (type, rt, nt)'s loads to the producer (ws_tiles: a
+// per-source row tile, kWsTileN output columns, TMA maps).
+__device__ inline void ws_post_task(Ctx& c, const WsSmem& sm, int type, int rt, int nt) {
+  const MoeParams& p = c.p;
+  const int4 dv = __ldcg(reinterpret_cast<const int4*>(reinterpret_cast<const MoeRowTile*>(p.rt_desc) + rt));
+  const int64_t grow = static_cast<int64_t>(dv.x) * p.rows_per_source + dv.z;  // src, row0
+  const bool g0 = type == kTaskG0;
+  const int amap = g0 ? MOE_TMAP_RECV : MOE_TMAP_INTER;  // its B map follows (W1, W2)
+  const int n = g0 ? p.ffn_hidden : p.hidden, K = g0 ? p.hidden : p.ffn_hidden;
+  fence_proxy_async_all();  // the rows acquired in next_task, before the producer's TMA reads them
+  ws_post(sm, WsLoad{tmap_of(p, amap), tmap_of(p, amap + 1), static_cast<int>(grow), dv.y * n + nt * kWsTileN,
+                     K / kWsKElems, 0});
+}
+
+// The consumers' part of a task and its staging into cs, in one leaf
+// function (as tc_tile_stage, gemm_tc.cuh: inlined into the kernel, whose
+// calls ptxas cannot see into, every wgmma would wait for the one before).
+// n: the producer's stages consumed before this task. The caller syncs
+// before reading cs.
+__device__ __noinline__ void ws_tile_stage(const WsSmem sm, uint32_t n, int ksteps, float* cs, int op,
+                                           const float* bias, int ncols) {
+  float acc[kWsAcc];
+  WsStage st;
+  st.n = n;
+  ws_consume(sm, st, threadIdx.x >> 7, ksteps, acc);
+  block_sync();  // both warpgroups' MMAs have read the stages that the staging overwrites
+  ws_stage(acc, cs, op, bias, ncols);
+}
+
+// One posted task (K deep, ncols of its kWsTileN columns valid): the
+// consumers multiply and stage op(acc + bias), then store rows 0..nrows-1
+// to row(r) (bf16, 16-byte stores).
+template <class RowFn>
+__device__ inline void run_ws_tile(Ctx& c, int K, int nrows, int ncols, int op, const float* bias, RowFn row) {
+  const int ksteps = K / kWsKElems;
+  float* cs = reinterpret_cast<float*>(c.phase);
+  ws_tile_stage(ws_smem_of(c.phase), c.ws_n, ksteps, cs, op, bias, ncols);
+  c.ws_n += static_cast<uint32_t>(ksteps);
+  block_sync();
+  tc_copy_out<__nv_bfloat16, kWsCsStride>(cs, nrows, ncols, false, row);
+  fence_proxy_async_smem();  // these reads of the stages before the producer's next TMA writes
+}
+
+// One posted task: GEMM0 into the intermediate, or GEMM1 into the source's
+// return rows (slot t*k+j), then the finish of the default tasks.
+__device__ inline void run_task_ws(Ctx& c, int type, const MoeRowTile& d, int rt, int nt) {
+  const MoeParams& p = c.p;
+  const int H = p.hidden, I = p.ffn_hidden;
+  const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
+  const int n0 = nt * kWsTileN;
+  using T = __nv_bfloat16;
+  if (type == kTaskG0) {
+    T* out = reinterpret_cast<T*>(p.inter) + n0;
+    run_ws_tile(c, H, d.nrows, min(kWsTileN, I - n0), p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU,
+                reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0,
+                [&](int r) { return out + (grow + r) * I; });
+    finish_gemm0(c, rt);
+  } else {
+    int* slots = reinterpret_cast<int*>(c.phase + kTcRowTabOff);  // return slots, outside the stages
+    if (threadIdx.x < d.nrows) {
+      slots[threadIdx.x] = ld_cg(reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow + threadIdx.x);
+    }
+    // (run_ws_tile's syncs publish slots[] before the stores read them.)
+    const int ncols = min(kWsTileN, H - n0);
+    T* ret = reinterpret_cast<T*>(peer_heap(c, d.src, p.off_ret_rows)) + n0;
+    run_ws_tile(c, I, d.nrows, ncols, kOpNone, reinterpret_cast<const float*>(p.b2) + static_cast<int64_t>(d.le) * H + n0,
+                [&](int r) { return ret + static_cast<int64_t>(slots[r]) * H; });
+    finish_gemm1(c, d, static_cast<uint64_t>(ncols) * sizeof(T));
+  }
+}
+
+// The processor loop of a MOE_WS forward (ws_tiles): process()'s, thread 0
+// posting each task's loads to the producer as soon as it has the task.
+// (Taking and posting the next task ahead, while this one runs, measured
+// slower: the block holds its next ticket for a whole task; and it needs the
+// epilogue out of the stages; docs/benchmarks.md.)
+__device__ inline bool process_ws(Ctx& c) {
+  const MoeParams& p = c.p;
+  const MoeRowTile* desc = reinterpret_cast<const MoeRowTile*>(p.rt_desc);
+  const WsSmem sm = ws_smem_of(c.phase);
+  int g0_ticket = -1, g1_ticket = -1, rt = 0, nt = 0;
+  bool g0_done = false;
+  for (;;) {
+    uint64_t tq = 0;
+    if (threadIdx.x == 0) {
+      if (tracing(c)) tq = globaltimer();
+      const int type = next_task(c, g0_ticket, g0_done, g1_ticket, rt, nt);
+      if (type == kTaskG0 || type == kTaskG1) ws_post_task(c, sm, type, rt, nt);
+      c.sh.bcast[0] = type;
+      c.sh.bcast[1] = rt;
+      c.sh.bcast[2] = nt;
+    }
+    block_sync();
+    const int type = c.sh.bcast[0];
+    const int trt = c.sh.bcast[1], tnt = c.sh.bcast[2];
+    if (type == kTaskNone) return false;
+    if (type == kTaskExit) return true;
+    const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
+    if (threadIdx.x == 0 && tracing(c) && t0 - tq > 1000) trace_ev(c, MOE_EV_WAIT_TASK, tq, t0);
+    const int4 dv = __ldcg(reinterpret_cast<const int4*>(desc + trt));
+    MoeRowTile d;
+    d.src = dv.x; d.le = dv.y; d.row0 = dv.z; d.nrows = dv.w;
+    run_task_ws(c, type, d, trt, tnt);
+    if (threadIdx.x == 0) {
+      const uint64_t t1 = globaltimer();
+      c.busy += t1 - t0;
+      c.tasks += 1;
+      trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, d.src, trt, tnt, p.rank * p.experts_per_rank + d.le);
+    }
+    block_sync();
+  }
+}
+#endif
 
 }  // namespace moe

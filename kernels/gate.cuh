@@ -106,7 +106,7 @@ __device__ inline void gate_gemm_tc(Ctx& c) {
     g.ncols = MOE_GATE_TC_ROWS;
     g.K = kc;
     tc_tile_stage<MmaBF16, 1>(g, c.phase, kOpNone, nullptr);
-    __syncthreads();
+    block_sync();
     const int e0 = nt * kGateGroup, ne = min(kGateGroup, E - e0);
     float* dst = part + (static_cast<int64_t>(split) * p.max_tokens + static_cast<int64_t>(mt) * kTcTileM) * E + e0;
     for (int i = threadIdx.x; i < g.mrows * kGateGroup; i += kThreads) {
@@ -116,7 +116,7 @@ __device__ inline void gate_gemm_tc(Ctx& c) {
         dst[static_cast<int64_t>(r) * E + e] = (row[e] + row[kGateGroup + e]) + row[2 * kGateGroup + e];
       }
     }
-    __syncthreads();  // cs is the next tile's stage buffer
+    block_sync();  // cs is the next tile's stage buffer
     if (threadIdx.x == 0) {
       const uint64_t t1 = globaltimer();
       c.busy += t1 - t0;

@@ -98,7 +98,7 @@ __device__ __forceinline__ void gemm_tile(const GemmArgs<NB, TA>& g, GemmSmem<NB
   float4 ra, rb[NB];
   gemm_load(g, 0, ra, rb);
   gemm_store<NB>(s, 0, ra, rb);
-  __syncthreads();
+  block_sync();
   const int steps = g.K / kTileK;
   for (int step = 0; step < steps; ++step) {
     const int st = step & 1;
@@ -119,7 +119,7 @@ __device__ __forceinline__ void gemm_tile(const GemmArgs<NB, TA>& g, GemmSmem<NB
       }
     }
     if (more) gemm_store<NB>(s, st ^ 1, ra, rb);
-    __syncthreads();
+    block_sync();
   }
 }
 

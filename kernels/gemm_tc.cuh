@@ -391,7 +391,7 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
   // staging in shared memory (overwritten by TMA), and for thread 0 the rows
   // it acquired in next_task (read by TMA).
   fence_proxy_async_all();
-  __syncthreads();
+  block_sync();
   // Bytes of a stage: every box is transferred whole (zero fill outside the map).
   constexpr uint32_t kTx = static_cast<uint32_t>((kTcTileM + kTcTileN) * kTcKBytes);
   const uint64_t amap = g.tmap, bmap0 = amap + kTmapBytes, bmap1 = amap + (NB == 2 ? 2 : 1) * kTmapBytes;
@@ -441,7 +441,7 @@ __device__ __forceinline__ void tc_mainloop_tma(const TcArgs<NB>& g, unsigned ch
     }
   }
   wgmma_wait<0>(acc);
-  __syncthreads();  // every stage consumed, every wait passed: the barriers can go
+  block_sync();  // every stage consumed, every wait passed: the barriers can go
   if (tid == 0) {
 #pragma unroll
     for (int s = 0; s < 2 * kTcStages; ++s) mbar_inval(bars + 8 * s);
@@ -547,7 +547,7 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
     cp_async_wait<kStages - 2>();  // this thread's copies of step kt have landed
     fence_proxy_async_smem();      // ... and are visible to the tensor cores' reads
     wgmma_wait<0>(acc);            // this warpgroup is done reading step kt - 1
-    __syncthreads();               // everyone's copies landed; step kt - 1's buffer is free
+    block_sync();               // everyone's copies landed; step kt - 1's buffer is free
     load_next(kt, st);
     // The MMAs run while the threads wait for step kt + 1.
     if (wg_rows) tc_wgmma_stage<Mma, kAm>(acc, sbase + static_cast<uint32_t>(st * kStageBytes), a_off);
@@ -568,7 +568,7 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
   int st = 0;  // stage buffer of step kt
   for (int kt = 0; kt < ksteps; ++kt) {
     cp_async_wait<kTcStages - 2>();  // this thread's copies of step kt have landed
-    __syncthreads();                 // everyone's have; everyone is done with step kt - 1
+    block_sync();                 // everyone's have; everyone is done with step kt - 1
     load_next(kt, st);
     const uint32_t sst = sbase + static_cast<uint32_t>(st * kTcStageBytes);
 #pragma unroll
@@ -598,7 +598,7 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
   }
 #endif
   cp_async_wait<0>();
-  __syncthreads();
+  block_sync();
 }
 
 // ---- epilogue -----------------------------------------------------------------
@@ -708,15 +708,16 @@ __device__ __forceinline__ uint4 tc_pack(const float* src, bool tf32) {
 }
 
 // Copies rows 0..nrows-1, columns 0..ncols-1 (a multiple of 8) of cs to row(r) (a TO* at the tile's column 0) with 16-byte
-// stores; a warp writes whole contiguous runs of a row.
-template <typename TO, typename RowFn>
+// stores; a warp writes whole contiguous runs of a row. cs rows are kStride
+// floats apart (gemm_ws.cuh stages 256 columns).
+template <typename TO, int kStride = kTcCsStride, typename RowFn>
 __device__ __forceinline__ void tc_copy_out(const float* cs, int nrows, int ncols, bool tf32, RowFn row) {
   constexpr int kEpv = 16 / static_cast<int>(sizeof(TO));  // elements per vector
   const int vpr = ncols / kEpv;                            // vectors per row
   const int n = nrows * vpr;
   for (int i = threadIdx.x; i < n; i += kThreads) {
     const int r = i / vpr, v = i - r * vpr;
-    const uint4 u = tc_pack<TO>(cs + r * kTcCsStride + v * kEpv, tf32);
+    const uint4 u = tc_pack<TO>(cs + r * kStride + v * kEpv, tf32);
     *reinterpret_cast<uint4*>(row(r) + v * kEpv) = u;
   }
 }

@@ -6,6 +6,7 @@
 #     make -f kernels/kernels.mk kernels        # build/moerun.cubin + kernels/moerun.cubin
 #     make -f kernels/kernels.mk kernels-sass   # build/moerun.sass (needs cuobjdump + nvdisasm), MMA-loop summary
 #     make -f kernels/kernels.mk kernels-info   # the toolchain it found
+#     make -f kernels/kernels.mk kernels-ws     # build/ws/moerun.cubin: the MOE_WS build (below)
 #     make -f kernels/kernels.mk kernels-probe  # ptxas report and MMA loops of kernels/tools/ws_probe.cu (compile only)
 #     make -f kernels/kernels.mk kernels-clean
 #
@@ -45,15 +46,17 @@ NVSHMEM_HOME := $(shell $(FIND_TOOLCHAIN) nvshmem $(VENV))
 endif
 NVCC := $(CUDA_HOME)/bin/nvcc
 
-KERNEL_SRCS := $(KERNELS_DIR)/moe_kernel.cu
+# moe_kernel.cu: the forward and its helper entries; gemm_bench_*.cu: the
+# GEMM-phase benchmark entries (params.h MoeGemmBench). One cubin.
+KERNEL_SRCS := $(KERNELS_DIR)/moe_kernel.cu $(KERNELS_DIR)/gemm_bench_tc.cu $(KERNELS_DIR)/gemm_bench_ws.cu
 KERNEL_HDRS := $(wildcard $(KERNELS_DIR)/*.cuh) $(KERNELS_DIR)/params.h
 KERNEL_OBJS := $(patsubst $(KERNELS_DIR)/%.cu,$(BUILD)/kernels/%.o,$(KERNEL_SRCS))
 KERNEL_CUBIN := $(BUILD)/moerun.cubin
 
-NVCC_FLAGS := -rdc=true -gencode arch=$(subst sm_,compute_,$(KERNEL_ARCH)),code=$(KERNEL_ARCH) -maxrregcount=$(KERNEL_MAXREG) -O3 -std=c++17 -lineinfo \
+NVCC_FLAGS := -rdc=true -gencode arch=$(subst sm_,compute_,$(KERNEL_ARCH)),code=$(KERNEL_ARCH) -O3 -std=c++17 -lineinfo \
 	-I$(NVSHMEM_HOME)/include -I$(KERNELS_DIR) -Xptxas -v $(NVCC_EXTRA)
 
-.PHONY: kernels kernels-sass kernels-probe kernels-info kernels-clean kernels-check-toolchain
+.PHONY: kernels kernels-ws kernels-sass kernels-probe kernels-info kernels-clean kernels-check-toolchain
 
 kernels: $(KERNEL_CUBIN) $(KERNELS_DIR)/moerun.cubin
 
@@ -66,9 +69,15 @@ kernels-info: kernels-check-toolchain
 	@echo "NVSHMEM_HOME=$(NVSHMEM_HOME)"
 	@$(NVCC) --version | tail -2
 
+# The register cap of the forward's objects; the warp-specialised entry takes
+# its budget from __launch_bounds__ (one 384-thread block per SM: 168), which
+# the cap would cut to 128.
+KERNEL_REGCAP := -maxrregcount=$(KERNEL_MAXREG)
+$(BUILD)/kernels/gemm_bench_ws.o: KERNEL_REGCAP :=
+
 $(BUILD)/kernels/%.o: $(KERNELS_DIR)/%.cu $(KERNEL_HDRS) | kernels-check-toolchain
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -c $< -o $@ 2> $@.ptxas || { cat $@.ptxas >&2; exit 1; }
+	$(NVCC) $(NVCC_FLAGS) $(KERNEL_REGCAP) -c $< -o $@ 2> $@.ptxas || { cat $@.ptxas >&2; exit 1; }
 
 $(KERNEL_CUBIN): $(KERNEL_OBJS)
 	$(NVCC) -dlink -cubin -arch=$(KERNEL_ARCH) $(KERNEL_OBJS) -L$(NVSHMEM_HOME)/lib -lnvshmem_device -o $@
@@ -78,6 +87,18 @@ $(KERNEL_CUBIN): $(KERNEL_OBJS)
 
 $(KERNELS_DIR)/moerun.cubin: $(KERNEL_CUBIN)
 	cp $< $@
+
+# The MOE_WS build (kernels/gemm_ws.cuh, common.cuh): the forward at one
+# block per SM with a producer warpgroup and 128 x 256 bf16 tiles (with the
+# TMA flag, MOERUN_KERNEL_FLAGS=7). Opt-in: measured slower than the default
+# at T >= 8192 (docs/benchmarks.md, seventh session); run it with
+# --cubin $(BUILD)/ws/moerun.cubin. The embedded cubin stays the default build.
+# Six 32 KB stages make the phase buffer hold four 48 KB WS stages; 168
+# registers are one 384-thread block's share.
+WS_NVCC_EXTRA := -DMOE_WS=1 -DMOE_TC_STAGES=6
+kernels-ws: kernels-check-toolchain
+	@$(MAKE) --no-print-directory -f $(KERNELS_DIR)/kernels.mk $(BUILD)/ws/moerun.cubin BUILD=$(BUILD)/ws \
+		KERNEL_MAXREG=168 NVCC_EXTRA="$(WS_NVCC_EXTRA) $(NVCC_EXTRA)"
 
 kernels-sass: $(KERNEL_CUBIN)
 	@CUOBJDUMP=$$($(FIND_TOOLCHAIN) tool cuobjdump $(VENV)); NVDISASM=$$($(FIND_TOOLCHAIN) tool nvdisasm $(VENV)); \
@@ -105,4 +126,4 @@ kernels-probe: kernels-check-toolchain
 	else echo "kernels-probe: no SASS summary (cuobjdump and nvdisasm are both needed)"; fi
 
 kernels-clean:
-	rm -rf $(BUILD)/kernels $(KERNEL_CUBIN) $(BUILD)/ptxas.txt $(BUILD)/moerun.sass $(BUILD)/moerun.res $(KERNELS_DIR)/moerun.cubin
+	rm -rf $(BUILD)/ws $(BUILD)/kernels $(KERNEL_CUBIN) $(BUILD)/ptxas.txt $(BUILD)/moerun.sass $(BUILD)/moerun.res $(KERNELS_DIR)/moerun.cubin

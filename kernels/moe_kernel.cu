@@ -47,6 +47,9 @@ extern "C" __device__ int moerun_params_size = static_cast<int>(sizeof(MoeParams
 // Dynamic shared memory a tf32/bf16 launch of this build needs (MOE_PHASE_BYTES,
 // which a build's -DMOE_TC_STAGES changes): the host launches with it.
 extern "C" __device__ int moerun_phase_bytes = MOE_PHASE_BYTES;
+// Threads of a forward block (MOE_THREADS; + a producer warpgroup in MOE_WS
+// builds): the host launches with it.
+extern "C" __device__ int moerun_block_threads = MOE_BLOCK_THREADS;
 extern "C" __device__ int moerun_nvshmem_version[3] = {NVSHMEM_VENDOR_MAJOR_VERSION, NVSHMEM_VENDOR_MINOR_VERSION,
                                                        NVSHMEM_VENDOR_PATCH_VERSION};
 
@@ -74,7 +77,7 @@ __device__ inline bool params_ok(const MoeParams& p) {
   // TMA reads the tensor maps from the argument: 128-byte aligned (MoeArg).
   const bool tmaps = !tc_mode(p) || (p.flags & MOE_FLAG_TMA) == 0 ||
                      (reinterpret_cast<uintptr_t>(p.tmap) & (kTmapAlign - 1)) == 0;
-  return shapes && modes && grid && tmaps && blockDim.x == kThreads && dynamic_smem_bytes() >= smem &&
+  return shapes && modes && grid && tmaps && blockDim.x == kBlockThreads && dynamic_smem_bytes() >= smem &&
          moerun_params_size == static_cast<int>(sizeof(MoeParams)) && moerun_abi_version == MOE_ABI_VERSION;
 }
 
@@ -130,7 +133,11 @@ __device__ inline bool run(Ctx& c, uint64_t t_entry) {
   if (blockIdx.x == gridDim.x - 1) {
     if (!os_subscribe(c)) return false;
   }
+#if MOE_WS
+  if (!(ws_tiles(p) ? process_ws(c) : process(c))) return false;
+#else
   if (!process(c)) return false;
+#endif
   return combine(c);
 }
 
@@ -150,7 +157,7 @@ static_assert(sizeof(MoeArg) == sizeof(MoeParams) && sizeof(MoeTileArg) == sizeo
 static_assert(offsetof(MoeParams, tmap) % moe::kTmapAlign == 0 && offsetof(MoeTileTest, tmap) % moe::kTmapAlign == 0,
               "tensor maps sit 128-byte aligned in the arguments");
 
-extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __grid_constant__ MoeArg arg) {
+extern "C" __global__ void __launch_bounds__(MOE_BLOCK_THREADS, MOE_MIN_BLOCKS) moerun_moe(const __grid_constant__ MoeArg arg) {
   using namespace moe;
   const MoeParams& p = arg.p;
   __shared__ Shared sh;
@@ -178,7 +185,23 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_moe(const __
       return;
     }
   }
+#if MOE_WS
+  // The producer warpgroup: one thread loads the stages of the workers'
+  // tasks (gemm_ws.cuh), the rest leave. Its waits for a post are bounded
+  // like the scheduler's (next_task).
+  const bool ws = ws_tiles(p);
+  const WsSmem wsm = ws_smem_of(c.phase);
+  if (ws && threadIdx.x == 0) ws_init_barriers(wsm);
+  __syncthreads();  // every thread of the block, the producer's included
+  if (threadIdx.x >= kThreads) {
+    if (ws && threadIdx.x == kThreads) ws_producer_loop(wsm, 4 * p.watchdog_ns);
+    return;
+  }
+#endif
   run(c, t_entry);
+#if MOE_WS
+  if (ws && threadIdx.x == 0) ws_post(wsm, WsLoad{0, 0, 0, 0, 0, 0});  // the end: the producer leaves
+#endif
   if (threadIdx.x == 0 && p.trace != 0) reinterpret_cast<uint32_t*>(p.trace_counts)[blockIdx.x] = static_cast<uint32_t>(c.tn);
   MoeStatus* st = status_of(p);
   if (c.bytes != 0) atomicAdd(reinterpret_cast<unsigned long long*>(&st->bytes_put), c.bytes);
@@ -216,7 +239,7 @@ __device__ inline void tile_test_run(const MoeTileTest& t, unsigned char* smem) 
 }
 }  // namespace moe
 
-extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moerun_tile_test(const __grid_constant__ MoeTileArg arg) {
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, MOE_MIN_BLOCKS) moerun_tile_test(const __grid_constant__ MoeTileArg arg) {
   using namespace moe;
   const MoeTileTest& t = arg.t;
   extern __shared__ __align__(128) unsigned char moe_phase[];

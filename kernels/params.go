@@ -66,15 +66,22 @@ const (
 	FlagsDefault    = 3 // MOE_FLAGS_DEFAULT
 
 	// Tensor maps in Params.TMap (params.h MOE_TMAP_*): 16 words each.
-	TMapWords      = 16 // MOE_TMAP_WORDS
-	TMapRecv       = 0  // MOE_TMAP_RECV: received rows [W*rows_per_source][H], box rows TCTileM
-	TMapW1         = 1  // MOE_TMAP_W1: W1^T [E/W*I][H], box rows TCTileN (swiglu: TMapSwiGLURows)
-	TMapWu         = 2  // MOE_TMAP_WU: Wu^T, as W1
-	TMapInter      = 3  // MOE_TMAP_INTER: intermediate [W*rows_per_source][I], box rows TCTileM
-	TMapW2         = 4  // MOE_TMAP_W2: W2^T [E/W*H][I], box rows TCTileN
-	TMaps          = 5  // MOE_TMAPS
-	TMapSwiGLURows = 16 // MOE_TMAP_SWIGLU_ROWS
-	TileTMaps      = 3  // MOE_TILE_TMAPS: the tile test's A, B0, B1
+	TMapWords      = 16                                                      // MOE_TMAP_WORDS
+	TMapRecv       = 0                                                       // MOE_TMAP_RECV: received rows [W*rows_per_source][H], box rows TCTileM
+	TMapW1         = 1                                                       // MOE_TMAP_W1: W1^T [E/W*I][H], box rows TCTileN (swiglu: TMapSwiGLURows)
+	TMapWu         = 2                                                       // MOE_TMAP_WU: Wu^T, as W1
+	TMapInter      = 3                                                       // MOE_TMAP_INTER: intermediate [W*rows_per_source][I], box rows TCTileM
+	TMapW2         = 4                                                       // MOE_TMAP_W2: W2^T [E/W*H][I], box rows TCTileN
+	TMaps          = 5                                                       // MOE_TMAPS
+	TMapSwiGLURows = 16                                                      // MOE_TMAP_SWIGLU_ROWS
+	TileTMaps      = 3                                                       // MOE_TILE_TMAPS: the tile test's A, B0, B1
+	WSThreads      = 384                                                     // MOE_WS_THREADS: threads of a warp-specialised block (GemmBench)
+	WSTileN        = 256                                                     // MOE_WS_TILE_N: its tile's output columns
+	WSStages       = 4                                                       // MOE_WS_STAGES
+	WSSmemBytes    = WSStages*(TCTileM+WSTileN)*TCKBytes + 1024 + PhaseAlign // MOE_WS_SMEM_BYTES
+	// WSProducerThreads is the producer warpgroup a MOE_WS build adds to a
+	// forward block (kernels/common.cuh MOE_BLOCK_THREADS).
+	WSProducerThreads = 128
 
 	GateTCGroup = 32 // MOE_GATE_TC_GROUP: experts per column group of the tensor-core gate
 	GateTCRows  = 96 // MOE_GATE_TC_ROWS: rows of gate_t per group (3 pieces x 32)
@@ -98,11 +105,15 @@ const (
 // Names of the kernel and of the globals the host reads from the module.
 const (
 	KernelName        = "moerun_moe"
-	TileTestName      = "moerun_tile_test"   // debug entry: one tensor-core tile (TileTest)
-	ConvertName       = "moerun_tokens_bf16" // float32 tokens to bf16 on the device (Convert)
+	TileTestName      = "moerun_tile_test"       // debug entry: one tensor-core tile (TileTest)
+	GemmBenchTCName   = "moerun_gemm_bench_tc"   // debug entry: the GEMM phase alone with the forward's tile (GemmBench)
+	GemmBenchWSName   = "moerun_gemm_bench_ws"   // debug entry: the GEMM phase alone, warp-specialised tile (GemmBench)
+	GemmBenchWideName = "moerun_gemm_bench_wide" // debug entry: the GEMM phase alone, 128 x 256 tile without a producer warpgroup
+	ConvertName       = "moerun_tokens_bf16"     // float32 tokens to bf16 on the device (Convert)
 	SymABIVersion     = "moerun_abi_version"
 	SymParamsSize     = "moerun_params_size"
 	SymPhaseBytes     = "moerun_phase_bytes"     // int: the cubin's MOE_PHASE_BYTES (its stage count may differ from TCStages)
+	SymBlockThreads   = "moerun_block_threads"   // int: threads of a forward block (Threads, + WSProducerThreads in a MOE_WS build)
 	SymNVSHMEMVersion = "moerun_nvshmem_version" // int[3]: major, minor, patch
 )
 
@@ -227,6 +238,28 @@ type TileTest struct {
 	TMap    [TileTMaps * TMapWords]uint64 `c:"tmap"`
 }
 
+// GemmBench mirrors MoeGemmBench, the argument of the GEMM-phase benchmark
+// entries moerun_gemm_bench_tc and moerun_gemm_bench_ws.
+type GemmBench struct {
+	Experts int32                 `c:"experts"`
+	Rows    int32                 `c:"rows"` // per expert
+	N       int32                 `c:"n"`
+	K       int32                 `c:"k"`
+	ReLU    int32                 `c:"relu"`
+	Sources int32                 `c:"sources"` // task order: <= 1 expert-major, S >= 2 the forward's arrival order of S sources
+	C       uint64                `c:"c"`
+	Status  uint64                `c:"status"`
+	PadTMap [11]uint64            `c:"_pad_tmap"`
+	TMap    [2 * TMapWords]uint64 `c:"tmap"` // A, then B
+}
+
+// Bytes is g exactly as the GEMM-phase entries read their argument.
+func (g *GemmBench) Bytes() []byte {
+	b := make([]byte, GemmBenchSize)
+	copy(b, unsafe.Slice((*byte)(unsafe.Pointer(g)), GemmBenchSize))
+	return b
+}
+
 // Convert mirrors MoeConvert, the argument of moerun_tokens_bf16.
 type Convert struct {
 	Src uint64 `c:"src"`
@@ -277,6 +310,7 @@ const (
 	SchedSize      = unsafe.Sizeof(Sched{})
 	TileTestSize   = unsafe.Sizeof(TileTest{})
 	ConvertSize    = unsafe.Sizeof(Convert{})
+	GemmBenchSize  = unsafe.Sizeof(GemmBench{})
 	TraceEventSize = unsafe.Sizeof(TraceEvent{})
 )
 

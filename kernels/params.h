@@ -298,6 +298,39 @@ typedef struct MoeTileTest {
     uint64_t tmap[MOE_TILE_TMAPS * MOE_TMAP_WORDS]; /* tma: maps of A, B0, B1 */
 } MoeTileTest;
 
+/* GEMM-phase benchmark (debug entries moerun_gemm_bench_tc, _ws and _wide,
+ * kernels/gemm_bench_*.cu): the forward's GEMM0 alone,
+ * bf16 in, fp32 accumulate, bf16 out: C[e * rows + r][c] =
+ * op(sum_k A[e * rows + r][k] B[e * n + c][k]) over `experts` experts, a
+ * persistent grid taking (expert, column tile, row tile) tasks in a fixed
+ * order. _TC: the forward's tile (128 x 128, MOE_THREADS threads, the
+ * forward's blocks per SM); _WS: one block per SM of MOE_WS_THREADS threads,
+ * a producer warpgroup loading MOE_WS_STAGES TMA stages and two consumer
+ * warpgroups, tiles of 128 x MOE_WS_TILE_N (gemm_ws.cuh); _WIDE: the same
+ * tiles and stages at one block of MOE_THREADS per SM, no producer
+ * warpgroup. */
+#define MOE_WS_THREADS 384
+#define MOE_WS_TILE_N 256
+#define MOE_WS_STAGES 4
+/* Stages, then the mbarriers (full[s], empty[s]); plus the alignment shift. */
+#define MOE_WS_SMEM_BYTES (MOE_WS_STAGES * (MOE_TC_TILE_M + MOE_WS_TILE_N) * MOE_TC_K_BYTES + 1024 + MOE_PHASE_ALIGN)
+typedef struct MoeGemmBench {
+    int32_t experts;
+    int32_t rows;    /* per expert, a multiple of MOE_TC_TILE_M */
+    int32_t n;       /* output columns, a multiple of MOE_WS_TILE_N */
+    int32_t k;       /* a multiple of 64 */
+    int32_t relu;    /* 1: relu epilogue; 0: none */
+    int32_t sources; /* task order: <= 1: expert-major (an expert's column tile, its row tiles fastest);
+                        S >= 2: as the forward meets them, each expert's rows from S sources that
+                        arrive in turn: source, expert, row tile, column tile fastest (rows / 128 a
+                        multiple of S) */
+    uint64_t c;      /* [experts * rows][n] bf16 */
+    uint64_t status; /* u32: blocks that finished; bit 31 set when a block refused the argument */
+    uint64_t _pad_tmap[11]; /* tmap starts 128-byte aligned */
+    uint64_t tmap[2 * MOE_TMAP_WORDS]; /* A [experts * rows][k], box MOE_TC_TILE_M rows; B [experts * n][k],
+                                          box MOE_TC_TILE_N (_TC) or MOE_WS_TILE_N rows */
+} MoeGemmBench;
+
 /* Argument of moerun_tokens_bf16: converts n float32 tokens at src to bf16
  * (round to nearest even, as the host's conversion) at dst, the layer's token
  * buffer, so that a bf16 forward can take its tokens from device memory. Any

@@ -18,6 +18,7 @@ var mirrors = map[string]reflect.Type{
 	"MoeSched":      reflect.TypeOf(Sched{}),
 	"MoeTileTest":   reflect.TypeOf(TileTest{}),
 	"MoeConvert":    reflect.TypeOf(Convert{}),
+	"MoeGemmBench":  reflect.TypeOf(GemmBench{}),
 	"MoeTraceEvent": reflect.TypeOf(TraceEvent{}),
 }
 
@@ -117,6 +118,7 @@ func TestConstantsMatchParamsH(t *testing.T) {
 		"MOE_FLAG_TMA": FlagTMA, "MOE_TMAP_WORDS": TMapWords, "MOE_TMAP_RECV": TMapRecv, "MOE_TMAP_INTER": TMapInter,
 		"MOE_TMAP_W1": TMapW1, "MOE_TMAP_WU": TMapWu, "MOE_TMAP_W2": TMapW2, "MOE_TMAPS": TMaps,
 		"MOE_TMAP_SWIGLU_ROWS": TMapSwiGLURows, "MOE_TILE_TMAPS": TileTMaps,
+		"MOE_WS_THREADS": WSThreads, "MOE_WS_TILE_N": WSTileN, "MOE_WS_STAGES": WSStages, "MOE_WS_SMEM_BYTES": WSSmemBytes,
 		"MOE_GATE_TC_GROUP": GateTCGroup, "MOE_GATE_TC_ROWS": GateTCRows,
 		"MOE_EV_SETUP": EvSetup, "MOE_EV_GATE": EvGate, "MOE_EV_TOPK": EvTopK, "MOE_EV_ROUTE": EvRoute,
 		"MOE_EV_DISPATCH": EvDispatch, "MOE_EV_GEMM0": EvGEMM0, "MOE_EV_GEMM1": EvGEMM1, "MOE_EV_COMBINE": EvCombine,

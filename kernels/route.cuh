@@ -74,7 +74,7 @@ __device__ inline void route(Ctx& c) {
         if (lane >= o) incl += y;
       }
       if (lane == 31) c.sh.scan_warp[warp] = incl;
-      __syncthreads();
+      block_sync();
       if (warp == 0) {
         const int w = lane < kWarps ? c.sh.scan_warp[lane] : 0;
         int wincl = w;
@@ -86,7 +86,7 @@ __device__ inline void route(Ctx& c) {
         if (lane < kWarps) c.sh.scan_warp[lane] = wincl - w;
         if (lane == kWarps - 1) c.sh.scan_warp[kWarps] = wincl;
       }
-      __syncthreads();
+      block_sync();
       int pos = running + c.sh.scan_warp[warp] + incl - hits;
 #pragma unroll
       for (int i = 0; i < kRouteTokPerThread; ++i) {
@@ -101,7 +101,7 @@ __device__ inline void route(Ctx& c) {
         ++pos;
       }
       running += c.sh.scan_warp[kWarps];
-      __syncthreads();
+      block_sync();
     }
     if (tid == 0) {
       const int kept = cap < 0 ? running : min(running, cap);

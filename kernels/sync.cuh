@@ -74,7 +74,7 @@ __device__ inline bool wait_sys_geq(const Ctx& c, const uint64_t* flag, uint64_t
 // scope. Returns false after an abort.
 // idx numbers the barrier (1..) in the trace.
 __device__ inline bool grid_sync(Ctx& c, int idx) {
-  __syncthreads();
+  block_sync();
   if (threadIdx.x == 0) {
     int ok = 1;
     const uint64_t ta = tracing(c) ? globaltimer() : 0;
@@ -96,7 +96,7 @@ __device__ inline bool grid_sync(Ctx& c, int idx) {
     if (tracing(c)) trace_ev(c, MOE_EV_BARRIER, ta, globaltimer(), -1, idx);
     c.sh.ok = ok;
   }
-  __syncthreads();
+  block_sync();
   return c.sh.ok != 0;
 }
 

@@ -391,9 +391,9 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 	if info.StaticSmem, err = d.FuncGetAttribute(b.fn, cuda.FuncSharedSizeBytes); err != nil {
 		return err
 	}
-	info.Threads = kernels.Threads
+	info.Threads = ci.BlockThreads
 	info.DynamicSmem = phase
-	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(b.fn, kernels.Threads, uint64(phase)); err != nil {
+	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(b.fn, info.Threads, uint64(phase)); err != nil {
 		return err
 	}
 	if info.SMs, err = d.Attribute(b.dev, cuda.AttrMultiprocessorCount); err != nil {
@@ -974,7 +974,7 @@ func (b *Backend) finishTiming(tm *backend.Timing) error {
 // launch queues one cooperative launch of the kernel for mode d on stream s.
 func (b *Backend) launch(d config.DType, arg []byte, s cuda.Stream) error {
 	grid := [3]uint32{uint32(b.info.Grid), 1, 1}
-	block := [3]uint32{kernels.Threads, 1, 1}
+	block := [3]uint32{uint32(b.info.Threads), 1, 1}
 	return b.drv.LaunchCooperative(b.fn, grid, block, b.phaseBytes(d), s, arg)
 }
 

@@ -1,0 +1,99 @@
+// gemm_bench_ws.cu: the GEMM phase alone (params.h MoeGemmBench) with the
+// tiles of gemm_ws.cuh, one block per SM, tasks of 128 rows x 256 columns:
+//   moerun_gemm_bench_ws    384 threads, a producer warpgroup;
+//   moerun_gemm_bench_wide  256 threads, thread 0 issues the loads.
+// Built without the forward's register cap (kernels.mk): a consumer thread
+// holds 128 accumulators.
+#include "gemm_bench.cuh"
+#include "gemm_ws.cuh"
+
+// The epilogue from registers: relu, two bf16 a store, this thread's
+// elements of rows row0 + 64 c.. of the consumer's 64.
+__device__ __forceinline__ void bench_store(const MoeGemmBench& g, const moe::BenchTask& bt, int c,
+                                            const float (&acc)[moe::kWsAcc]) {
+  using namespace moe;
+  __nv_bfloat16* o = reinterpret_cast<__nv_bfloat16*>(g.c) +
+                     static_cast<int64_t>(bt.e * g.rows + bt.mt * kTcTileM + 64 * c) * g.n + bt.nt * kWsTileN;
+#pragma unroll
+  for (int i = 0; i < kWsAcc; i += 2) {
+    const WsPos pos = ws_acc_pos(i);
+    float v0 = acc[i], v1 = acc[i + 1];
+    if (g.relu) {
+      v0 = act_relu(v0);
+      v1 = act_relu(v1);
+    }
+    *reinterpret_cast<__nv_bfloat162*>(o + static_cast<int64_t>(pos.row) * g.n + pos.col) = __floats2bfloat162_rn(v0, v1);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(MOE_WS_THREADS, 1) moerun_gemm_bench_ws(const __grid_constant__ MoeGemmBenchArg arg) {
+  using namespace moe;
+  const MoeGemmBench& g = arg.g;
+  extern __shared__ __align__(128) unsigned char ws_smem[];
+  if (blockDim.x != kWsThreads || !gemm_bench_ok(g, kWsTileN, MOE_WS_SMEM_BYTES)) {
+    if (threadIdx.x == 0 && g.status != 0) gemm_bench_done(g, false);
+    return;
+  }
+  const uint32_t sbase = smem_u32(phase_base(ws_smem, true));
+  const WsSmem sm{sbase, sbase + kWsBarOff};
+  if (threadIdx.x == 0) ws_init_barriers(sm);
+  __syncthreads();
+  const int mtiles = g.rows / kTcTileM, ntiles = g.n / kWsTileN, tasks = g.experts * mtiles * ntiles;
+  const int ksteps = g.k / kWsKElems;
+  const int wg = threadIdx.x / 128;
+  WsStage st;
+  if (wg == 0) {
+    if (threadIdx.x != 0) return;
+    const uint64_t amap = reinterpret_cast<uint64_t>(&g.tmap[0]);
+    const uint64_t bmap = reinterpret_cast<uint64_t>(&g.tmap[MOE_TMAP_WORDS]);
+    for (int t = blockIdx.x; t < tasks; t += gridDim.x) {
+      const BenchTask bt = bench_task(t, mtiles, ntiles, g.experts, g.sources);
+      ws_produce(sm, st, WsLoad{amap, bmap, bt.e * g.rows + bt.mt * kTcTileM, bt.e * g.n + bt.nt * kWsTileN, ksteps});
+    }
+    return;
+  }
+  const int c = wg - 1;
+  for (int t = blockIdx.x; t < tasks; t += gridDim.x) {
+    const BenchTask bt = bench_task(t, mtiles, ntiles, g.experts, g.sources);
+    float acc[kWsAcc];
+    ws_consume(sm, st, c, ksteps, acc);
+    bench_store(g, bt, c, acc);  // the producer already loads the next task
+  }
+  ws_consumers_sync();
+  if (threadIdx.x == 128) gemm_bench_done(g, true);
+}
+
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 1) moerun_gemm_bench_wide(const __grid_constant__ MoeGemmBenchArg arg) {
+  using namespace moe;
+  const MoeGemmBench& g = arg.g;
+  extern __shared__ __align__(128) unsigned char ws_smem[];
+  if (blockDim.x != kThreads || !gemm_bench_ok(g, kWsTileN, MOE_WS_SMEM_BYTES)) {
+    if (threadIdx.x == 0 && g.status != 0) gemm_bench_done(g, false);
+    return;
+  }
+  const uint32_t sbase = smem_u32(phase_base(ws_smem, true));
+  const WsSmem sm{sbase, sbase + kWsBarOff};
+  if (threadIdx.x == 0) ws_init_barriers(sm);
+  __syncthreads();
+  const int mtiles = g.rows / kTcTileM, ntiles = g.n / kWsTileN, tasks = g.experts * mtiles * ntiles;
+  const int ksteps = g.k / kWsKElems;
+  const uint64_t amap = reinterpret_cast<uint64_t>(&g.tmap[0]);
+  const uint64_t bmap = reinterpret_cast<uint64_t>(&g.tmap[MOE_TMAP_WORDS]);
+  auto sched = [&](int i, WsLoad& l) {  // this block's i-th task
+    const int t = blockIdx.x + i * gridDim.x;
+    if (t >= tasks) return false;
+    const BenchTask bt = bench_task(t, mtiles, ntiles, g.experts, g.sources);
+    l = WsLoad{amap, bmap, bt.e * g.rows + bt.mt * kTcTileM, bt.e * g.n + bt.nt * kWsTileN, ksteps};
+    return true;
+  };
+  WsStage st;
+  WsPump pu;
+  if (threadIdx.x == 0) ws_pump(sm, pu, kWsStages, sched);
+  __syncwarp();
+  for (int t = blockIdx.x; t < tasks; t += gridDim.x) {
+    float acc[kWsAcc];
+    ws_consume_inline(sm, st, pu, ksteps, acc, sched);
+    bench_store(g, bench_task(t, mtiles, ntiles, g.experts, g.sources), threadIdx.x >> 7, acc);
+  }
+  if (threadIdx.x == 0) gemm_bench_done(g, true);
+}
