@@ -866,9 +866,10 @@ __device__ inline void run_task_ws(Ctx& c, int type, const MoeRowTile& d, int rt
 
 // The processor loop of a MOE_WS forward (ws_tiles): process()'s, thread 0
 // posting each task's loads to the producer as soon as it has the task.
-// (Taking and posting the next task ahead, while this one runs, measured
-// slower: the block holds its next ticket for a whole task; and it needs the
-// epilogue out of the stages; docs/benchmarks.md.)
+// (Taking and posting the next task ahead, while this one runs, needs the
+// epilogue out of the stages; with the results stored from the registers
+// instead, both together measured slower than this: docs/benchmarks.md,
+// seventh session.)
 __device__ inline bool process_ws(Ctx& c) {
   const MoeParams& p = c.p;
   const MoeRowTile* desc = reinterpret_cast<const MoeRowTile*>(p.rt_desc);

@@ -252,8 +252,9 @@ __device__ __forceinline__ void ws_consumers_sync() { asm volatile("bar.sync 1, 
 // next task is posted only after the epilogue has read them: the mailbox is
 // never overwritten unread, and the producer idles between tasks. (Results
 // written straight from the registers, which would let the producer load
-// ahead, measured slower: 4-byte stores to the peers' return rows;
-// docs/benchmarks.md.) A post of ksteps 0 ends the producer.
+// ahead, measured slower, with or without a task posted ahead: 4-byte stores
+// to the peers' return rows; docs/benchmarks.md.) A post of ksteps 0 ends the
+// producer.
 
 // Bounded wait without a trap: false when limit_ns passed first.
 __device__ __forceinline__ bool mbar_wait_for(uint32_t bar, uint32_t parity, uint64_t limit_ns) {
