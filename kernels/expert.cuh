@@ -745,51 +745,6 @@ __device__ inline void run_task_tc(Ctx& c, int type, const MoeRowTile& d, int rt
   }
 }
 
-// The processor loop. Returns false after an abort.
-__device__ inline bool process(Ctx& c) {
-  const MoeParams& p = c.p;
-  const MoeRowTile* desc = reinterpret_cast<const MoeRowTile*>(p.rt_desc);
-  int g0_ticket = -1, g1_ticket = -1, rt = 0, nt = 0;
-  bool g0_done = false;
-  for (;;) {
-    uint64_t tq = 0;  // thread 0: when this block asked for its next task (trace)
-    if (threadIdx.x == 0) {
-      if (tracing(c)) tq = globaltimer();
-      const int type = next_task(c, g0_ticket, g0_done, g1_ticket, rt, nt);
-      c.sh.bcast[0] = type;
-      c.sh.bcast[1] = rt;
-      c.sh.bcast[2] = nt;
-    }
-    block_sync();
-    const int type = c.sh.bcast[0];
-    const int trt = c.sh.bcast[1], tnt = c.sh.bcast[2];
-    if (type == kTaskNone) return false;
-    if (type == kTaskExit) return true;
-    const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
-    if (threadIdx.x == 0 && tracing(c) && t0 - tq > 1000) trace_ev(c, MOE_EV_WAIT_TASK, tq, t0);
-    const int4 dv = __ldcg(reinterpret_cast<const int4*>(desc + trt));
-    MoeRowTile d;
-    d.src = dv.x; d.le = dv.y; d.row0 = dv.z; d.nrows = dv.w;
-    if (p.dtype == MOE_DTYPE_BF16) {
-      run_task_tc<MmaBF16>(c, type, d, trt, tnt);
-    } else if (p.dtype == MOE_DTYPE_TF32) {
-      run_task_tc<MmaTF32>(c, type, d, trt, tnt);
-    } else if (type == kTaskG0) {
-      if (p.ffn == MOE_FFN_SWIGLU) run_gemm0<2>(c, d, trt, tnt); else run_gemm0<1>(c, d, trt, tnt);
-    } else {
-      run_gemm1(c, d, tnt);
-    }
-    if (threadIdx.x == 0) {
-      const uint64_t t1 = globaltimer();
-      c.busy += t1 - t0;
-      c.tasks += 1;
-      trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, is_pooled(d) ? -1 : d.src, trt, tnt,
-               p.rank * p.experts_per_rank + d.le);
-    }
-    block_sync();
-  }
-}
-
 #if MOE_WS
 // ---- MOE_WS: tasks loaded by the producer warpgroup --------------------------
 
@@ -863,25 +818,29 @@ __device__ inline void run_task_ws(Ctx& c, int type, const MoeRowTile& d, int rt
     finish_gemm1(c, d, static_cast<uint64_t>(ncols) * sizeof(T));
   }
 }
+#endif
 
-// The processor loop of a MOE_WS forward (ws_tiles): process()'s, thread 0
-// posting each task's loads to the producer as soon as it has the task.
+// The processor loop (process). kWs (MOE_WS builds,
+// ws_tiles): thread 0 posts each task's loads to the producer warpgroup as
+// soon as it has the task, and the tasks run on its stages (run_task_ws).
 // (Taking and posting the next task ahead, while this one runs, needs the
 // epilogue out of the stages; with the results stored from the registers
-// instead, both together measured slower than this: docs/benchmarks.md,
-// seventh session.)
-__device__ inline bool process_ws(Ctx& c) {
+// instead, both together measured slower: docs/benchmarks.md, seventh
+// session.)
+template <bool kWs>
+__device__ inline bool process_loop(Ctx& c) {
   const MoeParams& p = c.p;
   const MoeRowTile* desc = reinterpret_cast<const MoeRowTile*>(p.rt_desc);
-  const WsSmem sm = ws_smem_of(c.phase);
   int g0_ticket = -1, g1_ticket = -1, rt = 0, nt = 0;
   bool g0_done = false;
   for (;;) {
-    uint64_t tq = 0;
+    uint64_t tq = 0;  // thread 0: when this block asked for its next task (trace)
     if (threadIdx.x == 0) {
       if (tracing(c)) tq = globaltimer();
       const int type = next_task(c, g0_ticket, g0_done, g1_ticket, rt, nt);
-      if (type == kTaskG0 || type == kTaskG1) ws_post_task(c, sm, type, rt, nt);
+#if MOE_WS
+      if (kWs && (type == kTaskG0 || type == kTaskG1)) ws_post_task(c, ws_smem_of(c.phase), type, rt, nt);
+#endif
       c.sh.bcast[0] = type;
       c.sh.bcast[1] = rt;
       c.sh.bcast[2] = nt;
@@ -896,16 +855,37 @@ __device__ inline bool process_ws(Ctx& c) {
     const int4 dv = __ldcg(reinterpret_cast<const int4*>(desc + trt));
     MoeRowTile d;
     d.src = dv.x; d.le = dv.y; d.row0 = dv.z; d.nrows = dv.w;
-    run_task_ws(c, type, d, trt, tnt);
+#if MOE_WS
+    if (kWs) {
+      run_task_ws(c, type, d, trt, tnt);
+    } else
+#endif
+    if (p.dtype == MOE_DTYPE_BF16) {
+      run_task_tc<MmaBF16>(c, type, d, trt, tnt);
+    } else if (p.dtype == MOE_DTYPE_TF32) {
+      run_task_tc<MmaTF32>(c, type, d, trt, tnt);
+    } else if (type == kTaskG0) {
+      if (p.ffn == MOE_FFN_SWIGLU) run_gemm0<2>(c, d, trt, tnt); else run_gemm0<1>(c, d, trt, tnt);
+    } else {
+      run_gemm1(c, d, tnt);
+    }
     if (threadIdx.x == 0) {
       const uint64_t t1 = globaltimer();
       c.busy += t1 - t0;
       c.tasks += 1;
-      trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, d.src, trt, tnt, p.rank * p.experts_per_rank + d.le);
+      trace_ev(c, type == kTaskG0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t1, is_pooled(d) ? -1 : d.src, trt, tnt,
+               p.rank * p.experts_per_rank + d.le);
     }
     block_sync();
   }
 }
+
+// The processor loop of this launch's mode. Returns false after an abort.
+__device__ inline bool process(Ctx& c) {
+#if MOE_WS
+  if (ws_tiles(c.p)) return process_loop<true>(c);
 #endif
+  return process_loop<false>(c);
+}
 
 }  // namespace moe

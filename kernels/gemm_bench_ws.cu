@@ -7,6 +7,24 @@
 #include "gemm_bench.cuh"
 #include "gemm_ws.cuh"
 
+extern __shared__ __align__(128) unsigned char ws_smem[];
+
+// Both entries' start: the argument check (a refusal counted in status by
+// thread 0), the stages and barriers (sm), the block synchronised. false:
+// the block leaves (uniform).
+__device__ __forceinline__ bool bench_ws_start(const MoeGemmBench& g, int threads, moe::WsSmem& sm) {
+  using namespace moe;
+  if (static_cast<int>(blockDim.x) != threads || !gemm_bench_ok(g, kWsTileN, MOE_WS_SMEM_BYTES)) {
+    if (threadIdx.x == 0 && g.status != 0) gemm_bench_done(g, false);
+    return false;
+  }
+  const uint32_t sbase = smem_u32(phase_base(ws_smem, true));
+  sm = WsSmem{sbase, sbase + kWsBarOff};
+  if (threadIdx.x == 0) ws_init_barriers(sm);
+  __syncthreads();
+  return true;
+}
+
 // The epilogue from registers: relu, two bf16 a store, this thread's
 // elements of rows row0 + 64 c.. of the consumer's 64.
 __device__ __forceinline__ void bench_store(const MoeGemmBench& g, const moe::BenchTask& bt, int c,
@@ -29,15 +47,8 @@ __device__ __forceinline__ void bench_store(const MoeGemmBench& g, const moe::Be
 extern "C" __global__ void __launch_bounds__(MOE_WS_THREADS, 1) moerun_gemm_bench_ws(const __grid_constant__ MoeGemmBenchArg arg) {
   using namespace moe;
   const MoeGemmBench& g = arg.g;
-  extern __shared__ __align__(128) unsigned char ws_smem[];
-  if (blockDim.x != kWsThreads || !gemm_bench_ok(g, kWsTileN, MOE_WS_SMEM_BYTES)) {
-    if (threadIdx.x == 0 && g.status != 0) gemm_bench_done(g, false);
-    return;
-  }
-  const uint32_t sbase = smem_u32(phase_base(ws_smem, true));
-  const WsSmem sm{sbase, sbase + kWsBarOff};
-  if (threadIdx.x == 0) ws_init_barriers(sm);
-  __syncthreads();
+  WsSmem sm;
+  if (!bench_ws_start(g, kWsThreads, sm)) return;
   const int mtiles = g.rows / kTcTileM, ntiles = g.n / kWsTileN, tasks = g.experts * mtiles * ntiles;
   const int ksteps = g.k / kWsKElems;
   const int wg = threadIdx.x / 128;
@@ -66,15 +77,8 @@ extern "C" __global__ void __launch_bounds__(MOE_WS_THREADS, 1) moerun_gemm_benc
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 1) moerun_gemm_bench_wide(const __grid_constant__ MoeGemmBenchArg arg) {
   using namespace moe;
   const MoeGemmBench& g = arg.g;
-  extern __shared__ __align__(128) unsigned char ws_smem[];
-  if (blockDim.x != kThreads || !gemm_bench_ok(g, kWsTileN, MOE_WS_SMEM_BYTES)) {
-    if (threadIdx.x == 0 && g.status != 0) gemm_bench_done(g, false);
-    return;
-  }
-  const uint32_t sbase = smem_u32(phase_base(ws_smem, true));
-  const WsSmem sm{sbase, sbase + kWsBarOff};
-  if (threadIdx.x == 0) ws_init_barriers(sm);
-  __syncthreads();
+  WsSmem sm;
+  if (!bench_ws_start(g, kThreads, sm)) return;
   const int mtiles = g.rows / kTcTileM, ntiles = g.n / kWsTileN, tasks = g.experts * mtiles * ntiles;
   const int ksteps = g.k / kWsKElems;
   const uint64_t amap = reinterpret_cast<uint64_t>(&g.tmap[0]);

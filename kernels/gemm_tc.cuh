@@ -611,6 +611,23 @@ __host__ __device__ constexpr int tc_out_cols() {
   return kTcTileN / NB;
 }
 
+// The epilogue's arithmetic of a column pair (col, col + 1) of one row:
+// + bias (read for columns < ncols only; null: none), then op (relu, gelu or
+// none). Shared by every tensor-core epilogue, so that they round alike.
+__device__ __forceinline__ void tc_bias_op(float& v0, float& v1, int op, const float* bias, int col, int ncols) {
+  if (bias != nullptr && col < ncols) {
+    v0 += __ldg(bias + col);
+    v1 += __ldg(bias + col + 1);
+  }
+  if (op == kOpReLU) {
+    v0 = act_relu(v0);
+    v1 = act_relu(v1);
+  } else if (op == kOpGeLU) {
+    v0 = act_gelu(v0);
+    v1 = act_gelu(v1);
+  }
+}
+
 // Writes the tile's results into cs [128][kTcCsStride] fp32:
 //   NB 1: cs[r][c] = op(acc + bias[c]) (bias may be null: 0), c < 128;
 //   NB 2, kOpSwiGLU: cs[r][c] = silu(gate) * up, c < 64;
@@ -638,17 +655,7 @@ __device__ __forceinline__ void tc_stage(const float (&acc)[kTcAcc], float* cs, 
         *reinterpret_cast<float2*>(dst + kTcTileN / 2) = make_float2(u0, u1);
       }
     } else {
-      if (bias != nullptr && pos.col < ncols) {
-        v0 += __ldg(bias + pos.col);
-        v1 += __ldg(bias + pos.col + 1);
-      }
-      if (op == kOpReLU) {
-        v0 = act_relu(v0);
-        v1 = act_relu(v1);
-      } else if (op == kOpGeLU) {
-        v0 = act_gelu(v0);
-        v1 = act_gelu(v1);
-      }
+      tc_bias_op(v0, v1, op, bias, pos.col, ncols);
       *reinterpret_cast<float2*>(cs + pos.row * kTcCsStride + pos.col) = make_float2(v0, v1);
     }
   }

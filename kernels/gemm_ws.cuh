@@ -149,13 +149,18 @@ __device__ __forceinline__ void ws_produce(const WsSmem& sm, WsStage& st, const 
 }
 
 // A consumer warpgroup (c = 0, 1): one task's 64 x 256 accumulators.
-__device__ __forceinline__ void ws_consume(const WsSmem& sm, WsStage& st, int c, int ksteps, float (&acc)[kWsAcc]) {
+// after_step(n) runs after each step's MMAs are issued and the previous
+// step's stage is freed, and once more at the end with the last one freed;
+// n: the steps whose stages this warp has freed so far.
+template <class AfterStep>
+__device__ __forceinline__ void ws_consume(const WsSmem& sm, WsStage& st, int c, int ksteps, float (&acc)[kWsAcc],
+                                           AfterStep after_step) {
 #pragma unroll
   for (int i = 0; i < kWsAcc; ++i) acc[i] = 0.f;
   const uint32_t a_off = static_cast<uint32_t>(c * 64 * kTcKBytes);
   const bool warp_lead = (threadIdx.x & 31) == 0;
   int prev = -1;
-  for (int kt = 0; kt < ksteps; ++kt, ++st.n) {
+  for (int kt = 0; kt < ksteps; ++kt) {
     const int s = st.stage();
     mbar_wait(sm.full(s), st.parity());
     const uint64_t da = wgmma_desc(sm.stage(s) + a_off), db = wgmma_desc(sm.stage(s) + kWsABytes);
@@ -166,9 +171,15 @@ __device__ __forceinline__ void ws_consume(const WsSmem& sm, WsStage& st, int c,
     ws_wgmma_wait<1>(acc);  // the previous step's MMAs are done: its stage is free
     if (prev >= 0 && warp_lead) mbar_arrive(sm.empty(prev));
     prev = s;
+    after_step(st.n);
+    ++st.n;
   }
   ws_wgmma_wait<0>(acc);
   if (prev >= 0 && warp_lead) mbar_arrive(sm.empty(prev));
+  after_step(st.n);
+}
+__device__ __forceinline__ void ws_consume(const WsSmem& sm, WsStage& st, int c, int ksteps, float (&acc)[kWsAcc]) {
+  ws_consume(sm, st, c, ksteps, acc, [](uint32_t) {});
 }
 
 // ---- the same tile without a producer warpgroup ------------------------------
@@ -202,33 +213,17 @@ __device__ __forceinline__ void ws_pump(const WsSmem& sm, WsPump& pu, uint32_t l
   }
 }
 
-// Every thread of the 256: one task, warpgroup c = threadIdx.x / 128.
+// Every thread of the 256: one task, warpgroup c = threadIdx.x / 128;
+// thread 0 keeps the steps up to kWsStages past the freed ones issued (each
+// needs the stage freed kWsStages steps before it), which at the task's end
+// are the next task's first stages.
 template <class Sched>
 __device__ __forceinline__ void ws_consume_inline(const WsSmem& sm, WsStage& st, WsPump& pu, int ksteps,
                                                   float (&acc)[kWsAcc], Sched sched) {
-#pragma unroll
-  for (int i = 0; i < kWsAcc; ++i) acc[i] = 0.f;
-  const uint32_t a_off = static_cast<uint32_t>((threadIdx.x >> 7) * 64 * kTcKBytes);
-  const bool warp_lead = (threadIdx.x & 31) == 0;
-  int prev = -1;
-  for (int kt = 0; kt < ksteps; ++kt, ++st.n) {
-    const int s = st.stage();
-    mbar_wait(sm.full(s), st.parity());
-    const uint64_t da = wgmma_desc(sm.stage(s) + a_off), db = wgmma_desc(sm.stage(s) + kWsABytes);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kTcKBytes / 32; ++kk) wgmma_bf16_n256(acc, da + 2 * kk, db + 2 * kk);
-    wgmma_commit();
-    ws_wgmma_wait<1>(acc);
-    if (prev >= 0 && warp_lead) mbar_arrive(sm.empty(prev));
-    prev = s;
-    if (threadIdx.x == 0) ws_pump(sm, pu, st.n + kWsStages, sched);  // up to step n + S - 1: needs n - 1 free
+  ws_consume(sm, st, threadIdx.x >> 7, ksteps, acc, [&](uint32_t n) {
+    if (threadIdx.x == 0) ws_pump(sm, pu, n + kWsStages, sched);
     __syncwarp();  // warp 0 whole again before the next .sync.aligned wgmma
-  }
-  ws_wgmma_wait<0>(acc);
-  if (prev >= 0 && warp_lead) mbar_arrive(sm.empty(prev));
-  if (threadIdx.x == 0) ws_pump(sm, pu, st.n + kWsStages, sched);  // the next task's first stages
-  __syncwarp();
+  });
 }
 
 // Where accumulator i of a consumer thread sits in its 64 x 256 part: row
@@ -297,7 +292,7 @@ __device__ inline void ws_producer_loop(const WsSmem& sm, uint64_t limit_ns) {
 
 // The epilogue's staging of a forward task: cs[r][c] (fp32, kWsCsStride
 // floats a row) = op(acc + bias[c]) for this consumer's 64 rows; bias read
-// for columns < ncols only (null: none); the same arithmetic as tc_stage.
+// for columns < ncols only (null: none): tc_bias_op, as tc_stage.
 // The caller syncs before reading cs.
 constexpr int kWsCsStride = kWsTileN + 8;  // +8: a store phase's 8 rows on distinct banks
 static_assert(kTcTileM * kWsCsStride * 4 <= kWsStages * kWsStageBytes, "the staged tile fits the stages");
@@ -307,17 +302,7 @@ __device__ __forceinline__ void ws_stage(const float (&acc)[kWsAcc], float* cs, 
   for (int i = 0; i < kWsAcc; i += 2) {
     const WsPos pos = ws_acc_pos(i);
     float v0 = acc[i], v1 = acc[i + 1];
-    if (bias != nullptr && pos.col < ncols) {
-      v0 += __ldg(bias + pos.col);
-      v1 += __ldg(bias + pos.col + 1);
-    }
-    if (op == kOpReLU) {
-      v0 = act_relu(v0);
-      v1 = act_relu(v1);
-    } else if (op == kOpGeLU) {
-      v0 = act_gelu(v0);
-      v1 = act_gelu(v1);
-    }
+    tc_bias_op(v0, v1, op, bias, pos.col, ncols);
     *reinterpret_cast<float2*>(cs + (r0 + pos.row) * kWsCsStride + pos.col) = make_float2(v0, v1);
   }
 }

@@ -133,11 +133,7 @@ __device__ inline bool run(Ctx& c, uint64_t t_entry) {
   if (blockIdx.x == gridDim.x - 1) {
     if (!os_subscribe(c)) return false;
   }
-#if MOE_WS
-  if (!(ws_tiles(p) ? process_ws(c) : process(c))) return false;
-#else
   if (!process(c)) return false;
-#endif
   return combine(c);
 }
 
