@@ -8,7 +8,8 @@
 // before any of it goes into the kernel: `make kernels-probe`. It is not
 // launched by anything and has never run on a GPU; its waits are unbounded
 // and its epilogue's row/column map is unchecked, so it is no template for
-// kernel code as it stands.
+// kernel code as it stands. The tile it probed is built in kernels/gemm_ws.cuh
+// (seventh session: run, checked and measured; docs/benchmarks.md).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <stdint.h>
