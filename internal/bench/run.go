@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -477,8 +478,13 @@ func (r *refWeights) get(c config.Layer, ids []int32) (*refWeights, error) {
 		}
 		r.gate, r.experts = r.ck.weights.Gate, src
 		if c.DType == config.BF16 { // the values a bf16 layer stores
+			// The reference's check calls the source from several
+			// goroutines at once (reference.Check): the cache is locked.
+			var mu sync.Mutex
 			rounded := map[int]*datagen.Expert{}
 			r.experts = func(e int) *datagen.Expert {
+				mu.Lock()
+				defer mu.Unlock()
 				if ex, ok := rounded[e]; ok {
 					return ex
 				}
