@@ -62,7 +62,7 @@ VENV ?= .venv-cuda
 # kernels-ws: the opt-in MOE_WS build must keep compiling (kernels/kernels.mk).
 test: lint kernels kernels-ws build examples
 	MOERUN_PYTHON=$(abspath $(VENV))/bin/python $(GO) test -count=1 -tags mpi ./...
-	$(GO) test -count=1 ./...
+	$(GO) test -race -count=1 ./...   # the race detector: a data race once failed CI only by chance
 
 dist: build
 	mkdir -p dist
