@@ -30,10 +30,13 @@ constexpr int kBlockThreads = MOE_BLOCK_THREADS;
 #else
 #define MOE_MIN_BLOCKS 2
 #endif
+// Named barrier 1 (0 is __syncthreads) of MOE_THREADS threads of a block,
+// whichever arrive: a MOE_WS block's workers, the WS benchmark's consumers.
+__device__ __forceinline__ void workers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
 // Barrier of the worker threads (all of the block but a MOE_WS producer).
 __device__ __forceinline__ void block_sync() {
 #if MOE_WS
-  asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory");
+  workers_sync();
 #else
   __syncthreads();
 #endif

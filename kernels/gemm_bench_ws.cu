@@ -25,6 +25,22 @@ __device__ __forceinline__ bool bench_ws_start(const MoeGemmBench& g, int thread
   return true;
 }
 
+// The task list both entries walk over 256-column tiles (bench_task's
+// order): task t, and the operands of its loads.
+struct WsBenchPlan {
+  const MoeGemmBench& g;
+  int mtiles, ntiles, tasks, ksteps;
+  __device__ explicit WsBenchPlan(const MoeGemmBench& gb)
+      : g(gb), mtiles(gb.rows / moe::kTcTileM), ntiles(gb.n / moe::kWsTileN), tasks(gb.experts * mtiles * ntiles),
+        ksteps(gb.k / moe::kWsKElems) {}
+  __device__ moe::BenchTask task(int t) const { return moe::bench_task(t, mtiles, ntiles, g.experts, g.sources); }
+  __device__ moe::WsLoad load(int t) const {
+    const moe::BenchTask bt = task(t);
+    return moe::WsLoad{reinterpret_cast<uint64_t>(&g.tmap[0]), reinterpret_cast<uint64_t>(&g.tmap[MOE_TMAP_WORDS]),
+                       bt.e * g.rows + bt.mt * moe::kTcTileM, bt.e * g.n + bt.nt * moe::kWsTileN, ksteps, 0};
+  }
+};
+
 // The epilogue from registers: relu, two bf16 a store, this thread's
 // elements of rows row0 + 64 c.. of the consumer's 64.
 __device__ __forceinline__ void bench_store(const MoeGemmBench& g, const moe::BenchTask& bt, int c,
@@ -36,10 +52,7 @@ __device__ __forceinline__ void bench_store(const MoeGemmBench& g, const moe::Be
   for (int i = 0; i < kWsAcc; i += 2) {
     const WsPos pos = ws_acc_pos(i);
     float v0 = acc[i], v1 = acc[i + 1];
-    if (g.relu) {
-      v0 = act_relu(v0);
-      v1 = act_relu(v1);
-    }
+    tc_bias_op(v0, v1, g.relu ? kOpReLU : kOpNone, nullptr, pos.col, kWsTileN);
     *reinterpret_cast<__nv_bfloat162*>(o + static_cast<int64_t>(pos.row) * g.n + pos.col) = __floats2bfloat162_rn(v0, v1);
   }
 }
@@ -49,28 +62,21 @@ extern "C" __global__ void __launch_bounds__(MOE_WS_THREADS, 1) moerun_gemm_benc
   const MoeGemmBench& g = arg.g;
   WsSmem sm;
   if (!bench_ws_start(g, kWsThreads, sm)) return;
-  const int mtiles = g.rows / kTcTileM, ntiles = g.n / kWsTileN, tasks = g.experts * mtiles * ntiles;
-  const int ksteps = g.k / kWsKElems;
+  const WsBenchPlan plan(g);
   const int wg = threadIdx.x / 128;
   WsStage st;
   if (wg == 0) {
     if (threadIdx.x != 0) return;
-    const uint64_t amap = reinterpret_cast<uint64_t>(&g.tmap[0]);
-    const uint64_t bmap = reinterpret_cast<uint64_t>(&g.tmap[MOE_TMAP_WORDS]);
-    for (int t = blockIdx.x; t < tasks; t += gridDim.x) {
-      const BenchTask bt = bench_task(t, mtiles, ntiles, g.experts, g.sources);
-      ws_produce(sm, st, WsLoad{amap, bmap, bt.e * g.rows + bt.mt * kTcTileM, bt.e * g.n + bt.nt * kWsTileN, ksteps});
-    }
+    for (int t = blockIdx.x; t < plan.tasks; t += gridDim.x) ws_produce(sm, st, plan.load(t));
     return;
   }
   const int c = wg - 1;
-  for (int t = blockIdx.x; t < tasks; t += gridDim.x) {
-    const BenchTask bt = bench_task(t, mtiles, ntiles, g.experts, g.sources);
+  for (int t = blockIdx.x; t < plan.tasks; t += gridDim.x) {
     float acc[kWsAcc];
-    ws_consume(sm, st, c, ksteps, acc);
-    bench_store(g, bt, c, acc);  // the producer already loads the next task
+    ws_consume(sm, st, c, plan.ksteps, acc);
+    bench_store(g, plan.task(t), c, acc);  // the producer already loads the next task
   }
-  ws_consumers_sync();
+  workers_sync();  // both consumers' stores, before the block counts itself done
   if (threadIdx.x == 128) gemm_bench_done(g, true);
 }
 
@@ -79,25 +85,21 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 1) moerun_gemm_bench_w
   const MoeGemmBench& g = arg.g;
   WsSmem sm;
   if (!bench_ws_start(g, kThreads, sm)) return;
-  const int mtiles = g.rows / kTcTileM, ntiles = g.n / kWsTileN, tasks = g.experts * mtiles * ntiles;
-  const int ksteps = g.k / kWsKElems;
-  const uint64_t amap = reinterpret_cast<uint64_t>(&g.tmap[0]);
-  const uint64_t bmap = reinterpret_cast<uint64_t>(&g.tmap[MOE_TMAP_WORDS]);
+  const WsBenchPlan plan(g);
   auto sched = [&](int i, WsLoad& l) {  // this block's i-th task
     const int t = blockIdx.x + i * gridDim.x;
-    if (t >= tasks) return false;
-    const BenchTask bt = bench_task(t, mtiles, ntiles, g.experts, g.sources);
-    l = WsLoad{amap, bmap, bt.e * g.rows + bt.mt * kTcTileM, bt.e * g.n + bt.nt * kWsTileN, ksteps};
+    if (t >= plan.tasks) return false;
+    l = plan.load(t);
     return true;
   };
   WsStage st;
   WsPump pu;
   if (threadIdx.x == 0) ws_pump(sm, pu, kWsStages, sched);
   __syncwarp();
-  for (int t = blockIdx.x; t < tasks; t += gridDim.x) {
+  for (int t = blockIdx.x; t < plan.tasks; t += gridDim.x) {
     float acc[kWsAcc];
-    ws_consume_inline(sm, st, pu, ksteps, acc, sched);
-    bench_store(g, bench_task(t, mtiles, ntiles, g.experts, g.sources), threadIdx.x >> 7, acc);
+    ws_consume_inline(sm, st, pu, plan.ksteps, acc, sched);
+    bench_store(g, plan.task(t), threadIdx.x >> 7, acc);
   }
   if (threadIdx.x == 0) gemm_bench_done(g, true);
 }

@@ -273,13 +273,18 @@ __device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
 // watchdogs then fire). No call here: the tile is a leaf function (see
 // tc_tile_stage).
 constexpr uint64_t kTmaWaitNs = 4000000000ull;
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  if (mbar_try_wait(bar, parity)) return;
+// The bounded wait itself: false when limit_ns passed first (the caller
+// decides what an expiry means).
+__device__ __forceinline__ bool mbar_wait_for(uint32_t bar, uint32_t parity, uint64_t limit_ns) {
+  if (mbar_try_wait(bar, parity)) return true;
   const uint64_t t0 = globaltimer();
   for (uint32_t i = 1;; ++i) {
-    if (mbar_try_wait(bar, parity)) return;
-    if ((i & 63) == 0 && globaltimer() - t0 > kTmaWaitNs) __trap();
+    if (mbar_try_wait(bar, parity)) return true;
+    if ((i & 63) == 0 && globaltimer() - t0 > limit_ns) return false;
   }
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  if (!mbar_wait_for(bar, parity, kTmaWaitNs)) __trap();
 }
 // Generic-proxy accesses of this thread (rows acquired from other blocks and
 // GPUs; the last task's staging in shared memory) are ordered before its

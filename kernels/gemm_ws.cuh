@@ -33,7 +33,8 @@
 //
 // Every wait is bounded (mbar_wait traps past kTmaWaitNs: a TMA either lands
 // or faults, so an expiry is a bug, and the launch fails rather than hangs;
-// the producer's wait for a post gives up after its caller's limit).
+// the producer's wait for a post, mbar_wait_for, gives up after its caller's
+// limit).
 #pragma once
 
 #include "gemm_tc.cuh"
@@ -236,8 +237,6 @@ __device__ __forceinline__ WsPos ws_acc_pos(int i) {
   return WsPos{16 * w + (lane >> 2) + ((i >> 1) & 1) * 8, 8 * (i >> 2) + 2 * (lane & 3) + (i & 1)};
 }
 
-// Named barrier of the two consumer warpgroups (id 1; 0 is __syncthreads).
-__device__ __forceinline__ void ws_consumers_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 
 // ---- the forward's producer (MOE_WS builds) ------------------------------------
 //
@@ -250,15 +249,6 @@ __device__ __forceinline__ void ws_consumers_sync() { asm volatile("bar.sync 1, 
 // ahead, measured slower, with or without a task posted ahead: 4-byte stores
 // to the peers' return rows; docs/benchmarks.md.) A post of ksteps 0 ends the
 // producer.
-
-// Bounded wait without a trap: false when limit_ns passed first.
-__device__ __forceinline__ bool mbar_wait_for(uint32_t bar, uint32_t parity, uint64_t limit_ns) {
-  const uint64_t t0 = globaltimer();
-  for (uint32_t i = 0;; ++i) {
-    if (mbar_try_wait(bar, parity)) return true;
-    if ((i & 63) == 63 && globaltimer() - t0 > limit_ns) return false;
-  }
-}
 
 // The workers' thread 0: hands l to the producer (the mbarrier arrival
 // releases the mailbox's stores to it).

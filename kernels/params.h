@@ -328,7 +328,8 @@ typedef struct MoeGemmBench {
     uint64_t status; /* u32: blocks that finished; bit 31 set when a block refused the argument */
     uint64_t _pad_tmap[11]; /* tmap starts 128-byte aligned */
     uint64_t tmap[2 * MOE_TMAP_WORDS]; /* A [experts * rows][k], box MOE_TC_TILE_M rows; B [experts * n][k],
-                                          box MOE_TC_TILE_N (_TC) or MOE_WS_TILE_N rows */
+                                          box MOE_TC_TILE_N rows (the forward's weight boxes; the 256-column
+                                          entries load two a stage) */
 } MoeGemmBench;
 
 /* Argument of moerun_tokens_bf16: converts n float32 tokens at src to bf16
