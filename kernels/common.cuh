@@ -9,9 +9,9 @@ namespace moe {
 
 // MOE_WS (a build option, 0 by default): the forward at one block per SM
 // whose MOE_THREADS worker threads (every role below, as in the default
-// build) are joined by a producer warpgroup that loads the stages of the
-// bf16 GEMM tasks (gemm_ws.cuh, expert.cuh). Block barriers of the roles
-// then count the workers only (block_sync).
+// build) are joined by a producer warpgroup that takes and loads the bf16
+// GEMM tasks and stores their results (gemm_ws.cuh, expert.cuh). Block
+// barriers of the roles then count the workers only (block_sync).
 #ifndef MOE_WS
 #define MOE_WS 0
 #endif
@@ -104,9 +104,6 @@ struct Ctx {
   uint64_t bytes;  // thread 0 / lane 0s: payload bytes stored to other PEs
   uint64_t tasks;  // thread 0: GEMM tasks run
   int tn;          // thread 0: trace events of this block so far (params.trace)
-#if MOE_WS
-  uint32_t ws_n;  // workers: the producer's stages consumed so far (gemm_ws.cuh WsStage)
-#endif
 };
 
 // Storage of the mode: bytes of an element of x, received rows, the

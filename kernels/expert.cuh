@@ -75,7 +75,7 @@ __device__ __forceinline__ bool pool_sources(const MoeParams& p) {
 // swiglu, pooled tiles) runs the worker threads' tiles as in the default build.
 __device__ __forceinline__ bool ws_tiles(const MoeParams& p) {
   return MOE_WS && p.dtype == MOE_DTYPE_BF16 && p.ffn != MOE_FFN_SWIGLU && (p.flags & MOE_FLAG_TMA) != 0 &&
-         !pool_sources(p);
+         !pool_sources(p) && p.hidden >= kWsStgKeep * kWsKElems && p.ffn_hidden >= kWsStgKeep * kWsKElems;
 }
 
 // Task geometry of the mode. Row tiles: rows of one task. GEMM0 / GEMM1
@@ -111,17 +111,13 @@ __device__ __forceinline__ int pooled_segments(const MoeRowTile& d) { return -d.
 // source (rowsrc; pooled GEMM1).
 constexpr int kTcRowTabOff = kTcMainBytes;              // int [kTcTileM]
 constexpr int kTcRowSrcOff = kTcBarOff + 2 * kTcStages * 8;  // u8 [kTcTileM], after the TMA mbarriers
-// MOE_WS: the producer's barriers and mailbox (gemm_ws.cuh WsSmem) after the
-// row tables, kept for the whole launch; its stages are the phase buffer's
-// first kWsStages * kWsStageBytes bytes (a MOE_WS build sets MOE_TC_STAGES
-// so that the buffer holds them).
+// MOE_WS: the forward's stages (kWsFwdStages of kWsStageBytes) are the
+// phase buffer's first bytes (a MOE_WS build sets MOE_TC_STAGES=6 so that
+// the buffer holds them); a task's results are staged in its last two
+// (gemm_ws.cuh ws_stage_bf16). Its barriers, task ring and hand-over (WsFwd)
+// sit after the row tables, kept for the whole launch.
+constexpr int kWsFwdStages = 4;
 constexpr int kWsFwdBarOff = (kTcRowSrcOff + kTcTileM + 7) & ~7;
-static_assert(!MOE_WS || (kWsStages * kWsStageBytes <= kTcMainBytes && kWsFwdBarOff + kWsBarBytes <= kTcPhaseUsable),
-              "MOE_WS: the phase buffer holds the producer's stages (-DMOE_TC_STAGES=6) and barriers");
-__device__ __forceinline__ WsSmem ws_smem_of(unsigned char* phase) {
-  const uint32_t base = smem_u32(phase);
-  return WsSmem{base, base + static_cast<uint32_t>(kWsFwdBarOff)};
-}
 constexpr int kTcSegOff = kTcTileM * static_cast<int>(sizeof(void*));  // int [3][kMaxWorld], in stage 0
 static_assert(kTcRowSrcOff + kTcTileM <= kTcPhaseUsable, "row tables fit the phase buffer");
 static_assert(kTcSegOff + 3 * kMaxWorld * 4 <= kTcStageBytes, "pooled tile tables fit stage 0");
@@ -428,45 +424,49 @@ __device__ inline int next_task(Ctx& c, int& g0_ticket, bool& g0_done, int& g1_t
   }
 }
 
-// After a GEMM0 task's stores: the block that completes the last GEMM0 tile
-// of row tile rt queues it for GEMM1.
-__device__ inline void finish_gemm0(Ctx& c, int rt) {
+// After a GEMM0 task's stores, ordered before this by a barrier of the
+// threads that stored (one thread): the block that completes the last GEMM0
+// tile of row tile rt queues it for GEMM1.
+__device__ inline void publish_gemm0(Ctx& c, int rt) {
   const MoeParams& p = c.p;
-  if ((p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // GEMM1 reads the intermediate with TMA
-  block_sync();
-  if (threadIdx.x == 0) {
-    MoeSched* sc = sched_of(p);
-    __threadfence();
-    const unsigned done = atomicAdd(reinterpret_cast<unsigned*>(p.tile_done) + rt, 1u) + 1u;
-    if (done == static_cast<unsigned>(g0_col_tiles(p))) {
-      const unsigned pos = atomicAdd(&sc->g1_tail, 1u);
-      st_release_gpu_u32(reinterpret_cast<uint32_t*>(p.g1_list) + pos, static_cast<uint32_t>(rt + 1));
-    }
+  MoeSched* sc = sched_of(p);
+  __threadfence();
+  const unsigned done = atomicAdd(reinterpret_cast<unsigned*>(p.tile_done) + rt, 1u) + 1u;
+  if (done == static_cast<unsigned>(g0_col_tiles(p))) {
+    const unsigned pos = atomicAdd(&sc->g1_tail, 1u);
+    st_release_gpu_u32(reinterpret_cast<uint32_t*>(p.g1_list) + pos, static_cast<uint32_t>(rt + 1));
   }
+}
+__device__ inline void finish_gemm0(Ctx& c, int rt) {
+  if ((c.p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // GEMM1 reads the intermediate with TMA
+  block_sync();
+  if (threadIdx.x == 0) publish_gemm0(c, rt);
 }
 
 // After a GEMM1 task's stores into the return rows of row tile d's sources
-// (row_bytes per row, counted when remote): the block that completes a
+// (row_bytes per row, counted when remote), ordered before this by a barrier
+// of the threads that stored (one thread): the block that completes a
 // source's last GEMM1 task sends it its signal.
-__device__ inline void finish_gemm1(Ctx& c, const MoeRowTile& d, uint64_t row_bytes) {
+__device__ inline void publish_gemm1(Ctx& c, const MoeRowTile& d, uint64_t row_bytes) {
   const MoeParams& p = c.p;
-  block_sync();
-  if (threadIdx.x == 0) {
-    MoeSched* sc = sched_of(p);
-    __threadfence_system();
-    const int nseg = is_pooled(d) ? pooled_segments(d) : 1;
-    for (int i = 0; i < nseg; ++i) {
-      int src = d.src, rows = d.nrows;
-      if (is_pooled(d)) {  // segment i
-        const int4 v = __ldcg(reinterpret_cast<const int4*>(reinterpret_cast<const MoeRowTile*>(p.rt_desc) + d.row0 + i));
-        src = v.x;
-        rows = v.w;
-      }
-      if (src != p.rank) c.bytes += static_cast<uint64_t>(rows) * row_bytes;
-      const int done = atomicAdd(&sc->ret_done[src], 1) + 1;
-      if (done == ld_cg(&sc->ret_target[src])) send_signal(c, p.off_sig_return, src);
+  MoeSched* sc = sched_of(p);
+  __threadfence_system();
+  const int nseg = is_pooled(d) ? pooled_segments(d) : 1;
+  for (int i = 0; i < nseg; ++i) {
+    int src = d.src, rows = d.nrows;
+    if (is_pooled(d)) {  // segment i
+      const int4 v = __ldcg(reinterpret_cast<const int4*>(reinterpret_cast<const MoeRowTile*>(p.rt_desc) + d.row0 + i));
+      src = v.x;
+      rows = v.w;
     }
+    if (src != p.rank) c.bytes += static_cast<uint64_t>(rows) * row_bytes;
+    const int done = atomicAdd(&sc->ret_done[src], 1) + 1;
+    if (done == ld_cg(&sc->ret_target[src])) send_signal(c, p.off_sig_return, src);
   }
+}
+__device__ inline void finish_gemm1(Ctx& c, const MoeRowTile& d, uint64_t row_bytes) {
+  block_sync();
+  if (threadIdx.x == 0) publish_gemm1(c, d, row_bytes);
 }
 
 template <int NB>
@@ -746,88 +746,304 @@ __device__ inline void run_task_tc(Ctx& c, int type, const MoeRowTile& d, int rt
 }
 
 #if MOE_WS
-// ---- MOE_WS: tasks loaded by the producer warpgroup --------------------------
+// ---- MOE_WS: the GEMM tasks at one block per SM -----------------------------
+//
+// Three roles run the tasks of a ws_tiles launch, each at its own pace:
+//   the producer thread (the first of the producer warpgroup) takes the
+//     block's next task (next_task) as soon as it has issued the last stage
+//     of the one before, posts it in the task ring and loads its stages;
+//   the consumers (the 256 workers) multiply each posted task, keep the
+//     stages of its last two steps, stage op(acc + bias) as bf16 in them
+//     and go on to the next task, whose first two stages the producer has
+//     loaded meanwhile into the other two;
+//   the storers (the producer warpgroup's last three warps) write a staged
+//     task out (GEMM0: the intermediate; GEMM1: the sources' return rows,
+//     16-byte stores), free its two stages for the producer, publish it
+//     (publish_gemm0 / 1), record its trace event and free its ring entry.
+// So a task's epilogue, publication and the next task's scheduling and
+// first loads run under the consumers' MMAs, with four stages in flight.
+// (A staging buffer of its own leaves room for three stages only: measured
+// slower; docs/benchmarks.md, eighth session.) The workers start the roles
+// when they reach the GEMM phase (start) and wait for the storers at its end
+// (done), which hand back the trace counter and the busy figures.
 
-// Thread 0: posts task (type, rt, nt)'s loads to the producer (ws_tiles: a
-// per-source row tile, kWsTileN output columns, TMA maps).
-__device__ inline void ws_post_task(Ctx& c, const WsSmem& sm, int type, int rt, int nt) {
+constexpr int kWsRing = 2;            // task ring entries: the producer runs at most one task ahead
+constexpr int kWsStorerThreads = 96;  // the producer warpgroup's warps 1..3
+constexpr int kWsStorer0 = kThreads + 32;
+// Barrier 2 (1: workers_sync) of the storer warps.
+__device__ __forceinline__ void storers_sync() { asm volatile("bar.sync 2, %0;\n" ::"n"(kWsStorerThreads) : "memory"); }
+
+// A task ring entry (written by the producer thread before it arrives on
+// task_full; freed by the storers on task_empty).
+struct WsTask {
+  int type, rt, nt, pad_;
+  int desc[4];           // rt's MoeRowTile: src, le, row0, nrows
+  uint64_t tq, t0, ts;   // consumers: began waiting (trace), started, staged (trace)
+};
+// The trace counter and figures that the workers hand to the storers and
+// take back.
+struct WsHandoff {
+  uint64_t busy, tasks;
+  int tn, quit;  // quit: the workers never reached the GEMM phase
+};
+// The forward's WS state: stage barriers, then start, done, stg_full,
+// task_full[kWsRing], task_empty[kWsRing]; the ring; the hand-over.
+constexpr int kWsCtlOff = kWsFwdBarOff + 16 * kWsFwdStages;
+constexpr int kWsRingOff = kWsCtlOff + 8 * (3 + 2 * kWsRing);
+constexpr int kWsHandOff = kWsRingOff + kWsRing * static_cast<int>(sizeof(WsTask));
+static_assert(sizeof(WsTask) == 56 && sizeof(WsHandoff) == 24, "ring and hand-over layout");
+static_assert(!MOE_WS || (kWsFwdStages * kWsStageBytes <= kTcMainBytes &&
+                          kWsHandOff + static_cast<int>(sizeof(WsHandoff)) <= kTcPhaseUsable),
+              "MOE_WS: the phase buffer holds the stages (-DMOE_TC_STAGES=6) and the WS state");
+
+struct WsFwd {
+  WsSmemT<kWsFwdStages> sm;
+  uint32_t ctl;        // shared address of the hand-over barriers
+  unsigned char* gen;  // the phase buffer (generic)
+  __device__ __forceinline__ uint32_t start() const { return ctl; }
+  __device__ __forceinline__ uint32_t done() const { return ctl + 8; }
+  __device__ __forceinline__ uint32_t stg_full() const { return ctl + 16; }
+  __device__ __forceinline__ uint32_t task_full(int s) const { return ctl + 24 + 8 * s; }
+  __device__ __forceinline__ uint32_t task_empty(int s) const { return ctl + 24 + 8 * (kWsRing + s); }
+  // Consumer c's staged rows of a task that ends at stage count n (ksteps
+  // steps): the stage of its step ksteps - kWsStgKeep + c.
+  __device__ __forceinline__ int stg_stage(uint32_t n_end, int c) const {
+    return static_cast<int>((n_end - kWsStgKeep + c) % kWsFwdStages);
+  }
+  __device__ __forceinline__ __nv_bfloat16* stg(uint32_t n_end, int c) const {
+    return reinterpret_cast<__nv_bfloat16*>(gen + stg_stage(n_end, c) * kWsStageBytes);
+  }
+  __device__ __forceinline__ volatile WsTask* task(int s) const {
+    return reinterpret_cast<volatile WsTask*>(gen + kWsRingOff) + s;
+  }
+  __device__ __forceinline__ volatile WsHandoff* handoff() const {
+    return reinterpret_cast<volatile WsHandoff*>(gen + kWsHandOff);
+  }
+};
+__device__ __forceinline__ WsFwd ws_fwd_of(unsigned char* phase) {
+  const uint32_t base = smem_u32(phase);
+  return WsFwd{{base, base + static_cast<uint32_t>(kWsFwdBarOff)}, base + static_cast<uint32_t>(kWsCtlOff), phase};
+}
+// Thread 0 at kernel entry (the block syncs after it).
+__device__ __forceinline__ void ws_fwd_init(const WsFwd& f) {
+  ws_init_barriers(f.sm);
+  mbar_init(f.start(), 1);
+  mbar_init(f.done(), 1);
+  mbar_init(f.stg_full(), kThreads);  // every consumer thread, after its staging stores
+  for (int s = 0; s < kWsRing; ++s) {
+    mbar_init(f.task_full(s), 1);
+    mbar_init(f.task_empty(s), 1);
+  }
+  mbar_init_fence();
+}
+// Ring entry of the i-th task, and the parity of its i / kWsRing-th use.
+__device__ __forceinline__ int ws_slot(uint32_t i) { return static_cast<int>(i % kWsRing); }
+__device__ __forceinline__ uint32_t ws_use(uint32_t i) { return (i / kWsRing) & 1u; }
+
+// The producer thread: takes the block's tasks and loads their stages until
+// the scheduler says exit (or abort: kTaskNone), which it posts too.
+__device__ inline void ws_producer(Ctx& c, const WsFwd& f) {
   const MoeParams& p = c.p;
-  const int4 dv = __ldcg(reinterpret_cast<const int4*>(reinterpret_cast<const MoeRowTile*>(p.rt_desc) + rt));
-  const int64_t grow = static_cast<int64_t>(dv.x) * p.rows_per_source + dv.z;  // src, row0
-  const bool g0 = type == kTaskG0;
-  const int amap = g0 ? MOE_TMAP_RECV : MOE_TMAP_INTER;  // its B map follows (W1, W2)
-  const int n = g0 ? p.ffn_hidden : p.hidden, K = g0 ? p.hidden : p.ffn_hidden;
-  fence_proxy_async_all();  // the rows acquired in next_task, before the producer's TMA reads them
-  ws_post(sm, WsLoad{tmap_of(p, amap), tmap_of(p, amap + 1), static_cast<int>(grow), dv.y * n + nt * kWsTileN,
-                     K / kWsKElems, 0});
+  if (!mbar_wait_for(f.start(), 0, 16 * p.watchdog_ns) || f.handoff()->quit != 0) return;
+  const uint64_t limit = 8 * p.watchdog_ns;
+  WsStageT<kWsFwdStages> st;
+  int g0_ticket = -1, g1_ticket = -1, rt = 0, nt = 0;
+  bool g0_done = false;
+  for (uint32_t i = 0;; ++i) {
+    const int slot = ws_slot(i);
+    // The storers are done with the entry's last task (bounded: if they
+    // are gone, the consumers' own bounded waits end the launch).
+    if (i >= kWsRing && !mbar_wait_for(f.task_empty(slot), ws_use(i) ^ 1u, limit)) return;
+    const int type = next_task(c, g0_ticket, g0_done, g1_ticket, rt, nt);
+    const bool gemm = type == kTaskG0 || type == kTaskG1;
+    const int4 dv = gemm ? __ldcg(reinterpret_cast<const int4*>(reinterpret_cast<const MoeRowTile*>(p.rt_desc) + rt))
+                         : make_int4(0, 0, 0, 0);
+    volatile WsTask* t = f.task(slot);
+    t->type = type;
+    t->rt = rt;
+    t->nt = nt;
+    t->desc[0] = dv.x;
+    t->desc[1] = dv.y;
+    t->desc[2] = dv.z;
+    t->desc[3] = dv.w;
+    mbar_arrive(f.task_full(slot));
+    if (!gemm) return;
+    const bool g0 = type == kTaskG0;
+    const int amap = g0 ? MOE_TMAP_RECV : MOE_TMAP_INTER;  // its B map follows (W1, W2)
+    const int n = g0 ? p.ffn_hidden : p.hidden, K = g0 ? p.hidden : p.ffn_hidden;
+    const int64_t grow = static_cast<int64_t>(dv.x) * p.rows_per_source + dv.z;  // src, row0
+    fence_proxy_async_all();  // the rows acquired in next_task, before this thread's TMA reads them
+    ws_produce(f.sm, st, WsLoad{tmap_of(p, amap), tmap_of(p, amap + 1), static_cast<int>(grow), dv.y * n + nt * kWsTileN,
+                                K / kWsKElems, 0});
+  }
 }
 
-// The consumers' part of a task and its staging into cs, in one leaf
-// function (as tc_tile_stage, gemm_tc.cuh: inlined into the kernel, whose
-// calls ptxas cannot see into, every wgmma would wait for the one before).
-// n: the producer's stages consumed before this task. The caller syncs
-// before reading cs.
-__device__ __noinline__ void ws_tile_stage(const WsSmem sm, uint32_t n, int ksteps, float* cs, int op,
-                                           const float* bias, int ncols) {
+// The consumers' part of a task (ksteps >= kWsStgKeep stages from stage
+// count n): the MMAs, then the bf16 staging in the stages of its last two
+// steps, which the storers free (the producer's wait for them is the
+// storers' hand-back); ts (thread 0 when tracing, else null): when it is
+// staged. One leaf function
+// (as tc_tile_stage, gemm_tc.cuh: inlined into the kernel, whose calls
+// ptxas cannot see into, every wgmma would wait for the one before).
+__device__ __noinline__ void ws_tile_stage(const WsFwd f, uint32_t n, int ksteps, int op, const float* bias,
+                                           int ncols, volatile uint64_t* ts) {
   float acc[kWsAcc];
-  WsStage st;
+  WsStageT<kWsFwdStages> st;
   st.n = n;
-  ws_consume(sm, st, threadIdx.x >> 7, ksteps, acc);
-  block_sync();  // both warpgroups' MMAs have read the stages that the staging overwrites
-  ws_stage(acc, cs, op, bias, ncols);
+  const int c = threadIdx.x >> 7;
+  ws_consume<kWsStgKeep>(f.sm, st, c, ksteps, acc);
+  workers_sync();  // both warpgroups' MMAs are done with the kept stages
+  ws_stage_bf16(acc, f.stg(st.n, c), op, bias, ncols);
+  fence_proxy_async_smem();  // these writes of the kept stages before the producer's next TMA writes
+  if (ts != nullptr) *ts = globaltimer();
+  mbar_arrive(f.stg_full());
 }
 
-// One posted task (K deep, ncols of its kWsTileN columns valid): the
-// consumers multiply and stage op(acc + bias), then store rows 0..nrows-1
-// to row(r) (bf16, 16-byte stores).
-template <class RowFn>
-__device__ inline void run_ws_tile(Ctx& c, int K, int nrows, int ncols, int op, const float* bias, RowFn row) {
-  const int ksteps = K / kWsKElems;
-  float* cs = reinterpret_cast<float*>(c.phase);
-  ws_tile_stage(ws_smem_of(c.phase), c.ws_n, ksteps, cs, op, bias, ncols);
-  c.ws_n += static_cast<uint32_t>(ksteps);
-  block_sync();
-  tc_copy_out<__nv_bfloat16, kWsCsStride>(cs, nrows, ncols, false, row);
-  fence_proxy_async_smem();  // these reads of the stages before the producer's next TMA writes
-}
-
-// One posted task: GEMM0 into the intermediate, or GEMM1 into the source's
-// return rows (slot t*k+j), then the finish of the default tasks.
-__device__ inline void run_task_ws(Ctx& c, int type, const MoeRowTile& d, int rt, int nt) {
+// The workers' GEMM phase: every posted task's MMAs and staging, until exit
+// (true) or abort (false); then the storers' hand-back.
+__device__ inline bool process_ws(Ctx& c) {
   const MoeParams& p = c.p;
-  const int H = p.hidden, I = p.ffn_hidden;
-  const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
-  const int n0 = nt * kWsTileN;
-  using T = __nv_bfloat16;
-  if (type == kTaskG0) {
-    T* out = reinterpret_cast<T*>(p.inter) + n0;
-    run_ws_tile(c, H, d.nrows, min(kWsTileN, I - n0), p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU,
-                reinterpret_cast<const float*>(p.b1) + static_cast<int64_t>(d.le) * I + n0,
-                [&](int r) { return out + (grow + r) * I; });
-    finish_gemm0(c, rt);
-  } else {
-    int* slots = reinterpret_cast<int*>(c.phase + kTcRowTabOff);  // return slots, outside the stages
-    if (threadIdx.x < d.nrows) {
-      slots[threadIdx.x] = ld_cg(reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow + threadIdx.x);
+  const WsFwd f = ws_fwd_of(c.phase);
+  const uint64_t limit = 8 * p.watchdog_ns;
+  block_sync();  // the phase buffer's last generic uses, before the producer's TMA writes
+  if (threadIdx.x == 0) {
+    fence_proxy_async_all();
+    volatile WsHandoff* h = f.handoff();
+    h->tn = c.tn;
+    h->quit = 0;
+    mbar_arrive(f.start());
+  }
+  bool ok = true;
+  uint32_t n = 0;  // stages consumed so far
+  for (uint32_t i = 0;; ++i) {
+    const int slot = ws_slot(i);
+    const uint64_t tq = threadIdx.x == 0 && tracing(c) ? globaltimer() : 0;
+    if (!mbar_wait_for(f.task_full(slot), ws_use(i), limit)) {  // the producer's own waits are shorter
+      if (threadIdx.x == 0) watchdog_trip(c, MOE_STATUS_WATCHDOG, MOE_WAIT_TASK, -1, limit, 0, i);
+      ok = false;
+      break;
     }
-    // (run_ws_tile's syncs publish slots[] before the stores read them.)
-    const int ncols = min(kWsTileN, H - n0);
-    T* ret = reinterpret_cast<T*>(peer_heap(c, d.src, p.off_ret_rows)) + n0;
-    run_ws_tile(c, I, d.nrows, ncols, kOpNone, reinterpret_cast<const float*>(p.b2) + static_cast<int64_t>(d.le) * H + n0,
-                [&](int r) { return ret + static_cast<int64_t>(slots[r]) * H; });
-    finish_gemm1(c, d, static_cast<uint64_t>(ncols) * sizeof(T));
+    volatile WsTask* t = f.task(slot);
+    const int type = t->type;
+    if (type != kTaskG0 && type != kTaskG1) {
+      ok = type == kTaskExit;
+      break;
+    }
+    if (threadIdx.x == 0) {
+      t->tq = tq;
+      t->t0 = globaltimer();
+    }
+    const bool g0 = type == kTaskG0;
+    const int le = t->desc[1], n0 = t->nt * kWsTileN;
+    const int K = g0 ? p.hidden : p.ffn_hidden, N = g0 ? p.ffn_hidden : p.hidden;
+    const float* bias = reinterpret_cast<const float*>(g0 ? p.b1 : p.b2) + static_cast<int64_t>(le) * N + n0;
+    const int op = g0 ? (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU) : kOpNone;
+    ws_tile_stage(f, n, K / kWsKElems, op, bias, min(kWsTileN, N - n0),
+                  threadIdx.x == 0 && tracing(c) ? &t->ts : nullptr);
+    n += static_cast<uint32_t>(K / kWsKElems);
+  }
+  if (threadIdx.x == 0) {
+    if (mbar_wait_for(f.done(), 0, limit)) {
+      volatile WsHandoff* h = f.handoff();
+      c.tn = h->tn;
+      c.busy += h->busy;
+      c.tasks += h->tasks;
+    } else {
+      watchdog_trip(c, MOE_STATUS_WATCHDOG, MOE_WAIT_TASK, -1, limit, 0, 0);
+      ok = false;
+    }
+  }
+  block_sync();  // the storers have read the staging: the phase buffer is the next phase's
+  return ok;
+}
+
+// The storer warps: write each staged task out, publish it, free the
+// staging and the ring entry; at the end hand back the trace counter and
+// figures (done) and count the bytes they put.
+__device__ inline void ws_storer(Ctx& c, const WsFwd& f) {
+  const MoeParams& p = c.p;
+  if (!mbar_wait_for(f.start(), 0, 16 * p.watchdog_ns) || f.handoff()->quit != 0) return;
+  const uint64_t limit = 8 * p.watchdog_ns;
+  const int sid = threadIdx.x - kWsStorer0, sw = sid >> 5, lane = sid & 31;
+  constexpr int kWarps = kWsStorerThreads / 32;
+  const bool lead = sid == 0;
+  c.tn = f.handoff()->tn;
+  uint64_t busy = 0, tasks = 0, last = 0;
+  using T = __nv_bfloat16;
+  uint32_t n = 0;  // the stage count, as the consumers keep it
+  for (uint32_t i = 0;; ++i) {
+    const int slot = ws_slot(i);
+    if (!mbar_wait_for(f.task_full(slot), ws_use(i), limit)) break;
+    volatile WsTask* t = f.task(slot);
+    const int type = t->type;
+    if (type != kTaskG0 && type != kTaskG1) break;
+    const bool g0 = type == kTaskG0;
+    const int rt = t->rt, nt = t->nt;
+    MoeRowTile d;
+    d.src = t->desc[0];
+    d.le = t->desc[1];
+    d.row0 = t->desc[2];
+    d.nrows = t->desc[3];
+    const int64_t grow = static_cast<int64_t>(d.src) * p.rows_per_source + d.row0;
+    const int n0 = nt * kWsTileN, N = g0 ? p.ffn_hidden : p.hidden;
+    const int ncols = min(kWsTileN, N - n0);
+    T* out = g0 ? reinterpret_cast<T*>(p.inter) + grow * N + n0
+                : reinterpret_cast<T*>(peer_heap(c, d.src, p.off_ret_rows)) + n0;
+    // GEMM1: the return slot of this warp's row sw + kWarps j is lane j's
+    // (j < 32) or lane j - 32's (a tile's 128 rows over 3 warps: 43 each at
+    // most), loaded before the wait.
+    int slot_a = 0, slot_b = 0;
+    if (!g0) {
+      const int* meta = reinterpret_cast<const int*>(my_heap(p, p.off_recv_meta)) + grow;
+      if (sw + kWarps * lane < d.nrows) slot_a = ld_cg(meta + sw + kWarps * lane);
+      if (sw + kWarps * (lane + 32) < d.nrows) slot_b = ld_cg(meta + sw + kWarps * (lane + 32));
+    }
+    n += static_cast<uint32_t>((g0 ? p.hidden : p.ffn_hidden) / kWsKElems);
+    mbar_wait(f.stg_full(), i & 1u);  // the consumers are one task's MMAs away at most
+    const bool active = lane < ncols / 8;  // one 16-byte vector of a row a lane
+    for (int j = 0, r = sw; r < d.nrows; ++j, r += kWarps) {
+      const int sl = __shfl_sync(kFull, j < 32 ? slot_a : slot_b, j & 31);
+      if (active) {
+        const uint4 u = *reinterpret_cast<const uint4*>(f.stg(n, r >> 6) + (r & 63) * kWsStgStride + lane * 8);
+        *reinterpret_cast<uint4*>(out + (g0 ? static_cast<int64_t>(r) : static_cast<int64_t>(sl)) * N + lane * 8) = u;
+      }
+    }
+    fence_proxy_async_smem();  // these reads of the kept stages before the producer's next TMA writes
+    if (g0 && (p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // GEMM1 reads the intermediate with TMA
+    storers_sync();
+    if (lead) {
+      // The kept stages go back to the producer: the arrivals of the
+      // consumer warps that kept them.
+      for (int k = 0; k < kWsStgKeep; ++k) mbar_arrive_n(f.sm.empty(f.stg_stage(n, k)), kWsConsumerWarps);
+      if (g0) {
+        publish_gemm0(c, rt);
+      } else {
+        publish_gemm1(c, d, static_cast<uint64_t>(ncols) * sizeof(T));
+      }
+      const uint64_t t1 = globaltimer(), t0 = t->t0;
+      if (tracing(c)) {  // the task's event: from its MMAs' start to its staging (the next one's start)
+        const uint64_t tq = t->tq;
+        if (t0 - tq > 1000) trace_ev(c, MOE_EV_WAIT_TASK, tq, t0);
+        trace_ev(c, g0 ? MOE_EV_GEMM0 : MOE_EV_GEMM1, t0, t->ts, d.src, rt, nt, p.rank * p.experts_per_rank + d.le);
+      }
+      mbar_arrive(f.task_empty(slot));  // the entry is read
+      busy += t1 - max(t0, last);  // busy: the union of the tasks' [start, published]
+      last = t1;
+      ++tasks;
+    }
+  }
+  if (lead) {
+    volatile WsHandoff* h = f.handoff();
+    h->tn = c.tn;
+    h->busy = busy;
+    h->tasks = tasks;
+    mbar_arrive(f.done());
+    if (c.bytes != 0) atomicAdd(reinterpret_cast<unsigned long long*>(&status_of(p)->bytes_put), c.bytes);
   }
 }
 #endif
 
-// The processor loop (process). kWs (MOE_WS builds,
-// ws_tiles): thread 0 posts each task's loads to the producer warpgroup as
-// soon as it has the task, and the tasks run on its stages (run_task_ws).
-// (Taking and posting the next task ahead, while this one runs, needs the
-// epilogue out of the stages; with the results stored from the registers
-// instead, both together measured slower: docs/benchmarks.md, seventh
-// session.)
-template <bool kWs>
+// The processor loop (process) of the worker threads' tiles.
 __device__ inline bool process_loop(Ctx& c) {
   const MoeParams& p = c.p;
   const MoeRowTile* desc = reinterpret_cast<const MoeRowTile*>(p.rt_desc);
@@ -838,9 +1054,6 @@ __device__ inline bool process_loop(Ctx& c) {
     if (threadIdx.x == 0) {
       if (tracing(c)) tq = globaltimer();
       const int type = next_task(c, g0_ticket, g0_done, g1_ticket, rt, nt);
-#if MOE_WS
-      if (kWs && (type == kTaskG0 || type == kTaskG1)) ws_post_task(c, ws_smem_of(c.phase), type, rt, nt);
-#endif
       c.sh.bcast[0] = type;
       c.sh.bcast[1] = rt;
       c.sh.bcast[2] = nt;
@@ -855,11 +1068,6 @@ __device__ inline bool process_loop(Ctx& c) {
     const int4 dv = __ldcg(reinterpret_cast<const int4*>(desc + trt));
     MoeRowTile d;
     d.src = dv.x; d.le = dv.y; d.row0 = dv.z; d.nrows = dv.w;
-#if MOE_WS
-    if (kWs) {
-      run_task_ws(c, type, d, trt, tnt);
-    } else
-#endif
     if (p.dtype == MOE_DTYPE_BF16) {
       run_task_tc<MmaBF16>(c, type, d, trt, tnt);
     } else if (p.dtype == MOE_DTYPE_TF32) {
@@ -883,9 +1091,9 @@ __device__ inline bool process_loop(Ctx& c) {
 // The processor loop of this launch's mode. Returns false after an abort.
 __device__ inline bool process(Ctx& c) {
 #if MOE_WS
-  if (ws_tiles(c.p)) return process_loop<true>(c);
+  if (ws_tiles(c.p)) return process_ws(c);
 #endif
-  return process_loop<false>(c);
+  return process_loop(c);
 }
 
 }  // namespace moe

@@ -20,7 +20,10 @@ __device__ __forceinline__ bool bench_ws_start(const MoeGemmBench& g, int thread
   }
   const uint32_t sbase = smem_u32(phase_base(ws_smem, true));
   sm = WsSmem{sbase, sbase + kWsBarOff};
-  if (threadIdx.x == 0) ws_init_barriers(sm);
+  if (threadIdx.x == 0) {
+    ws_init_barriers(sm);
+    mbar_init_fence();
+  }
   __syncthreads();
   return true;
 }

@@ -12,16 +12,19 @@
 //     stage by its 256 B rows with wgmma m64n256k16 (128 fp32 accumulators a
 //     thread), keeps one stage's MMAs in flight (wgmma.wait_group 1) and frees
 //     the stage before it (every consumer warp arrives on "empty").
-// Stage s: A [128][128 B] then B [256][128 B] (48 KB), kWsStages of them from
-// a 1024-byte aligned base; the barriers elsewhere (WsSmem). The stage
+// Stage s: A [128][128 B] then B [256][128 B] (48 KB), a ring of them from a
+// 1024-byte aligned base (kWsStages in the benchmarks, kWsFwdStages in the
+// forward); the barriers elsewhere (WsSmemT). The stage
 // counter runs on across tasks (WsStage), so producer and consumers agree on
 // every stage's parity as long as both walk the same task sequence.
 //
 // Users: gemm_bench_ws.cu (the GEMM phase alone: the producer walks the
 // block's fixed task list and loads the next task while the consumers run
 // the epilogue; and the same tile with thread 0 issuing the loads, ws_pump);
-// expert.cuh (the MOE_WS forward: the workers post each task to the producer
-// through a mailbox, ws_post / ws_producer_loop).
+// expert.cuh (the MOE_WS forward: the producer thread also takes the
+// block's tasks, the consumers stage each task's bf16 results in a buffer of
+// their own, kWsFwdStages stages beside it, and three storer warps write
+// them out while the consumers run the next task).
 //
 // Registers: no `setmaxnreg`. ptxas ignores it in a relocatable (-rdc)
 // object, which the cubin's device link with NVSHMEM needs ("C7504:
@@ -33,8 +36,8 @@
 //
 // Every wait is bounded (mbar_wait traps past kTmaWaitNs: a TMA either lands
 // or faults, so an expiry is a bug, and the launch fails rather than hangs;
-// the producer's wait for a post, mbar_wait_for, gives up after its caller's
-// limit).
+// the forward's hand-overs between its roles wait with mbar_wait_for and
+// their callers' limits).
 #pragma once
 
 #include "gemm_tc.cuh"
@@ -83,36 +86,40 @@ __device__ __forceinline__ void ws_wgmma_wait(float (&d)[kWsAcc]) {
   for (int i = 0; i < kWsAcc; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-// The stage a running step count uses, and the parity of that use.
-struct WsStage {
+// The stage a running step count uses, and the parity of that use, in a
+// ring of S stages (the benchmarks: kWsStages; the forward: kWsFwdStages,
+// expert.cuh, which leaves room for its results' staging buffer).
+template <int S>
+struct WsStageT {
   uint32_t n = 0;  // steps so far (over tasks)
-  __device__ __forceinline__ int stage() const { return static_cast<int>(n % kWsStages); }
-  __device__ __forceinline__ uint32_t parity() const { return (n / kWsStages) & 1u; }
+  __device__ __forceinline__ int stage() const { return static_cast<int>(n % S); }
+  __device__ __forceinline__ uint32_t parity() const { return (n / S) & 1u; }
 };
+using WsStage = WsStageT<kWsStages>;
 
-// Shared memory of the tile: kWsStages stages at base (1024-byte aligned);
-// at bars (8-byte aligned) full[s], empty[s], the post barrier and the
-// mailbox (WsLoad) through which a forward's workers hand the producer its
-// tasks: kWsBarBytes. The benchmarks put bars right after the stages
-// (kWsBarOff); the forward after its per-row tables (expert.cuh).
-struct WsSmem {
+// Shared memory of the tile: S stages at base (1024-byte aligned); at bars
+// (8-byte aligned) full[s] and empty[s]: 16 S bytes. The benchmarks put bars
+// right after the stages (kWsBarOff); the forward after its per-row tables
+// (expert.cuh), followed by its own barriers.
+template <int S>
+struct WsSmemT {
+  static constexpr int kStages = S;
   uint32_t base, bars;
   __device__ __forceinline__ uint32_t stage(int s) const { return base + static_cast<uint32_t>(s * kWsStageBytes); }
   __device__ __forceinline__ uint32_t full(int s) const { return bars + 8 * s; }
-  __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (kWsStages + s); }
-  __device__ __forceinline__ uint32_t post() const { return bars + 16 * kWsStages; }
-  __device__ __forceinline__ uint32_t mailbox() const { return bars + 16 * kWsStages + 8; }
+  __device__ __forceinline__ uint32_t empty(int s) const { return bars + 8 * (S + s); }
 };
+using WsSmem = WsSmemT<kWsStages>;
 
-// Thread 0, before the roles split (the caller syncs the block after it).
-__device__ __forceinline__ void ws_init_barriers(const WsSmem& sm) {
+// Thread 0, before the roles split (the caller syncs the block after it and
+// fences the initialisation with mbar_init_fence).
+template <int S>
+__device__ __forceinline__ void ws_init_barriers(const WsSmemT<S>& sm) {
 #pragma unroll
-  for (int s = 0; s < kWsStages; ++s) {
+  for (int s = 0; s < S; ++s) {
     mbar_init(sm.full(s), 1);                  // the producer's arrive.expect_tx
     mbar_init(sm.empty(s), kWsConsumerWarps);  // one arrival per consumer warp
   }
-  mbar_init(sm.post(), 1);  // the workers' thread 0 posting a task
-  mbar_init_fence();
 }
 
 // One task's operands: A rows arow..+127 of the A map, B rows brow..+255 of
@@ -124,12 +131,13 @@ struct WsLoad {
   int arow, brow, ksteps, pad_;
 };
 constexpr int kWsBBoxRows = kTcTileN;
-constexpr int kWsBarBytes = 16 * kWsStages + 8 + static_cast<int>(sizeof(WsLoad));
-static_assert(kWsTileN % kWsBBoxRows == 0 && sizeof(WsLoad) == 32, "B boxes; the mailbox layout");
+constexpr int kWsBarBytes = 16 * kWsStages;
+static_assert(kWsTileN % kWsBBoxRows == 0, "B boxes");
 static_assert(kWsBarOff + kWsBarBytes + kPhaseAlign <= MOE_WS_SMEM_BYTES, "stages and barriers fit");
 
 // One stage: A's box and B's boxes, on full[s].
-__device__ __forceinline__ void ws_issue(const WsSmem& sm, int s, const WsLoad& l, int kt) {
+template <int S>
+__device__ __forceinline__ void ws_issue(const WsSmemT<S>& sm, int s, const WsLoad& l, int kt) {
   const uint32_t dst = sm.stage(s);
   mbar_arrive_expect_tx(sm.full(s), static_cast<uint32_t>(kWsStageBytes));
   tma_load_2d(dst, l.amap, kt * kWsKElems, l.arow, sm.full(s));
@@ -141,10 +149,11 @@ __device__ __forceinline__ void ws_issue(const WsSmem& sm, int s, const WsLoad& 
 }
 
 // The producer's thread: every stage of one task.
-__device__ __forceinline__ void ws_produce(const WsSmem& sm, WsStage& st, const WsLoad& l) {
+template <int S>
+__device__ __forceinline__ void ws_produce(const WsSmemT<S>& sm, WsStageT<S>& st, const WsLoad& l) {
   for (int kt = 0; kt < l.ksteps; ++kt, ++st.n) {
     const int s = st.stage();
-    if (st.n >= kWsStages) mbar_wait(sm.empty(s), st.parity() ^ 1u);  // the previous use is consumed
+    if (st.n >= S) mbar_wait(sm.empty(s), st.parity() ^ 1u);  // the previous use is consumed
     ws_issue(sm, s, l, kt);
   }
 }
@@ -152,10 +161,12 @@ __device__ __forceinline__ void ws_produce(const WsSmem& sm, WsStage& st, const 
 // A consumer warpgroup (c = 0, 1): one task's 64 x 256 accumulators.
 // after_step(n) runs after each step's MMAs are issued and the previous
 // step's stage is freed, and once more at the end with the last one freed;
-// n: the steps whose stages this warp has freed so far.
-template <class AfterStep>
-__device__ __forceinline__ void ws_consume(const WsSmem& sm, WsStage& st, int c, int ksteps, float (&acc)[kWsAcc],
-                                           AfterStep after_step) {
+// n: the steps whose stages this warp has passed so far. The stages of the
+// last kKeep steps are not freed: the forward stages its results in them
+// and its storers free them (expert.cuh).
+template <int kKeep, int S, class AfterStep>
+__device__ __forceinline__ void ws_consume(const WsSmemT<S>& sm, WsStageT<S>& st, int c, int ksteps,
+                                           float (&acc)[kWsAcc], AfterStep after_step) {
 #pragma unroll
   for (int i = 0; i < kWsAcc; ++i) acc[i] = 0.f;
   const uint32_t a_off = static_cast<uint32_t>(c * 64 * kTcKBytes);
@@ -170,17 +181,19 @@ __device__ __forceinline__ void ws_consume(const WsSmem& sm, WsStage& st, int c,
     for (int kk = 0; kk < kTcKBytes / 32; ++kk) wgmma_bf16_n256(acc, da + 2 * kk, db + 2 * kk);
     wgmma_commit();
     ws_wgmma_wait<1>(acc);  // the previous step's MMAs are done: its stage is free
-    if (prev >= 0 && warp_lead) mbar_arrive(sm.empty(prev));
+    if (prev >= 0 && warp_lead && kt - 1 < ksteps - kKeep) mbar_arrive(sm.empty(prev));
     prev = s;
     after_step(st.n);
     ++st.n;
   }
   ws_wgmma_wait<0>(acc);
-  if (prev >= 0 && warp_lead) mbar_arrive(sm.empty(prev));
+  if (prev >= 0 && warp_lead && kKeep == 0) mbar_arrive(sm.empty(prev));
   after_step(st.n);
 }
-__device__ __forceinline__ void ws_consume(const WsSmem& sm, WsStage& st, int c, int ksteps, float (&acc)[kWsAcc]) {
-  ws_consume(sm, st, c, ksteps, acc, [](uint32_t) {});
+template <int kKeep = 0, int S>
+__device__ __forceinline__ void ws_consume(const WsSmemT<S>& sm, WsStageT<S>& st, int c, int ksteps,
+                                           float (&acc)[kWsAcc]) {
+  ws_consume<kKeep>(sm, st, c, ksteps, acc, [](uint32_t) {});
 }
 
 // ---- the same tile without a producer warpgroup ------------------------------
@@ -221,7 +234,7 @@ __device__ __forceinline__ void ws_pump(const WsSmem& sm, WsPump& pu, uint32_t l
 template <class Sched>
 __device__ __forceinline__ void ws_consume_inline(const WsSmem& sm, WsStage& st, WsPump& pu, int ksteps,
                                                   float (&acc)[kWsAcc], Sched sched) {
-  ws_consume(sm, st, threadIdx.x >> 7, ksteps, acc, [&](uint32_t n) {
+  ws_consume<0>(sm, st, threadIdx.x >> 7, ksteps, acc, [&](uint32_t n) {
     if (threadIdx.x == 0) ws_pump(sm, pu, n + kWsStages, sched);
     __syncwarp();  // warp 0 whole again before the next .sync.aligned wgmma
   });
@@ -238,62 +251,23 @@ __device__ __forceinline__ WsPos ws_acc_pos(int i) {
 }
 
 
-// ---- the forward's producer (MOE_WS builds) ------------------------------------
-//
-// The workers' thread 0 posts each task (ws_post) when the block takes it,
-// the consumers take its stages (ws_consume), the producer thread loads them.
-// The epilogue stages its results in the stage buffers (ws_stage), so the
-// next task is posted only after the epilogue has read them: the mailbox is
-// never overwritten unread, and the producer idles between tasks. (Results
-// written straight from the registers, which would let the producer load
-// ahead, measured slower, with or without a task posted ahead: 4-byte stores
-// to the peers' return rows; docs/benchmarks.md.) A post of ksteps 0 ends the
-// producer.
-
-// The workers' thread 0: hands l to the producer (the mbarrier arrival
-// releases the mailbox's stores to it).
-__device__ __forceinline__ void ws_post(const WsSmem& sm, const WsLoad& l) {
-  volatile WsLoad* m = reinterpret_cast<volatile WsLoad*>(__cvta_shared_to_generic(sm.mailbox()));
-  m->amap = l.amap;
-  m->bmap = l.bmap;
-  m->arow = l.arow;
-  m->brow = l.brow;
-  m->ksteps = l.ksteps;
-  mbar_arrive(sm.post());
-}
-
-// The producer thread: loads every posted task's stages until an end post
-// or, bounded, limit_ns without a post (the workers then trap on their
-// stages' bounded waits rather than hang).
-__device__ inline void ws_producer_loop(const WsSmem& sm, uint64_t limit_ns) {
-  WsStage st;
-  const volatile WsLoad* m = reinterpret_cast<const volatile WsLoad*>(__cvta_shared_to_generic(sm.mailbox()));
-  for (uint32_t parity = 0;; parity ^= 1u) {
-    if (!mbar_wait_for(sm.post(), parity, limit_ns)) return;
-    const WsLoad l{m->amap, m->bmap, m->arow, m->brow, m->ksteps, 0};
-    if (l.ksteps <= 0) return;
-    // The rows the workers acquired (other blocks' and GPUs' stores, the
-    // generic proxy) and the last epilogue's staging in these stages, before
-    // the async proxy's reads and writes.
-    fence_proxy_async_all();
-    ws_produce(sm, st, l);
-  }
-}
-
-// The epilogue's staging of a forward task: cs[r][c] (fp32, kWsCsStride
-// floats a row) = op(acc + bias[c]) for this consumer's 64 rows; bias read
-// for columns < ncols only (null: none): tc_bias_op, as tc_stage.
-// The caller syncs before reading cs.
-constexpr int kWsCsStride = kWsTileN + 8;  // +8: a store phase's 8 rows on distinct banks
-static_assert(kTcTileM * kWsCsStride * 4 <= kWsStages * kWsStageBytes, "the staged tile fits the stages");
-__device__ __forceinline__ void ws_stage(const float (&acc)[kWsAcc], float* cs, int op, const float* bias, int ncols) {
-  const int r0 = 64 * (threadIdx.x >> 7);
+// A forward task's results, staged for the block's storer warps (expert.cuh
+// ws_storer) in the stage buffers of the task's last two steps, consumer c's
+// 64 rows in the one of step ksteps - 2 + c: stg[r][c] (bf16, kWsStgStride
+// a row) = op(acc + bias[c]), rounded as tc_copy_out rounds the default
+// tiles' staged fp32; bias read for columns < ncols only (null: none):
+// tc_bias_op.
+constexpr int kWsStgStride = kWsTileN + 8;  // +16 bytes: a store phase's 8 rows on distinct banks
+constexpr int kWsStgKeep = 2;               // stages a task keeps for its staging
+static_assert(64 * kWsStgStride * 2 <= kWsStageBytes, "a consumer's staged rows fit a stage");
+__device__ __forceinline__ void ws_stage_bf16(const float (&acc)[kWsAcc], __nv_bfloat16* stg, int op,
+                                              const float* bias, int ncols) {
 #pragma unroll
   for (int i = 0; i < kWsAcc; i += 2) {
     const WsPos pos = ws_acc_pos(i);
     float v0 = acc[i], v1 = acc[i + 1];
     tc_bias_op(v0, v1, op, bias, pos.col, ncols);
-    *reinterpret_cast<float2*>(cs + (r0 + pos.row) * kWsCsStride + pos.col) = make_float2(v0, v1);
+    *reinterpret_cast<__nv_bfloat162*>(stg + pos.row * kWsStgStride + pos.col) = __floats2bfloat162_rn(v0, v1);
   }
 }
 

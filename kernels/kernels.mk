@@ -88,10 +88,11 @@ $(KERNEL_CUBIN): $(KERNEL_OBJS)
 $(KERNELS_DIR)/moerun.cubin: $(KERNEL_CUBIN)
 	cp $< $@
 
-# The MOE_WS build (kernels/gemm_ws.cuh, common.cuh): the forward at one
-# block per SM with a producer warpgroup and 128 x 256 bf16 tiles (with the
-# TMA flag, MOERUN_KERNEL_FLAGS=7). Opt-in: measured slower than the default
-# at T >= 8192 (docs/benchmarks.md, seventh session); run it with
+# The MOE_WS build (kernels/gemm_ws.cuh, common.cuh, expert.cuh): the forward
+# at one block per SM with a producer warpgroup and 128 x 256 bf16 tiles (with
+# the TMA flag, MOERUN_KERNEL_FLAGS=7). Opt-in: faster than the default at
+# T >= 8192, slower for small forwards and not measured for tf32
+# (docs/benchmarks.md, eighth session); run it with
 # --cubin $(BUILD)/ws/moerun.cubin. The embedded cubin stays the default build.
 # Six 32 KB stages make the phase buffer hold four 48 KB WS stages; 168
 # registers are one 384-thread block's share.

@@ -182,21 +182,27 @@ extern "C" __global__ void __launch_bounds__(MOE_BLOCK_THREADS, MOE_MIN_BLOCKS) 
     }
   }
 #if MOE_WS
-  // The producer warpgroup: one thread loads the stages of the workers'
-  // tasks (gemm_ws.cuh), the rest leave. Its waits for a post are bounded
-  // like the scheduler's (next_task).
+  // The producer warpgroup: its first thread takes and loads the GEMM tasks,
+  // its last three warps store their results (expert.cuh process_ws); they
+  // wait for the workers to reach the GEMM phase, bounded like the
+  // scheduler.
   const bool ws = ws_tiles(p);
-  const WsSmem wsm = ws_smem_of(c.phase);
-  if (ws && threadIdx.x == 0) ws_init_barriers(wsm);
-  __syncthreads();  // every thread of the block, the producer's included
+  const WsFwd wsf = ws_fwd_of(c.phase);
+  if (ws && threadIdx.x == 0) ws_fwd_init(wsf);
+  __syncthreads();  // every thread of the block, the producer warpgroup's included
   if (threadIdx.x >= kThreads) {
-    if (ws && threadIdx.x == kThreads) ws_producer_loop(wsm, 4 * p.watchdog_ns);
+    if (ws && threadIdx.x == kThreads) ws_producer(c, wsf);
+    if (ws && threadIdx.x >= kWsStorer0) ws_storer(c, wsf);
     return;
   }
 #endif
   run(c, t_entry);
 #if MOE_WS
-  if (ws && threadIdx.x == 0) ws_post(wsm, WsLoad{0, 0, 0, 0, 0, 0});  // the end: the producer leaves
+  // A launch that left before its GEMM phase releases the producer warpgroup.
+  if (ws && threadIdx.x == 0 && !mbar_try_wait(wsf.start(), 0)) {
+    wsf.handoff()->quit = 1;
+    mbar_arrive(wsf.start());
+  }
 #endif
   if (threadIdx.x == 0 && p.trace != 0) reinterpret_cast<uint32_t*>(p.trace_counts)[blockIdx.x] = static_cast<uint32_t>(c.tn);
   MoeStatus* st = status_of(p);

@@ -311,7 +311,9 @@ typedef struct MoeTileTest {
  * warpgroup. */
 #define MOE_WS_THREADS 384
 #define MOE_WS_TILE_N 256
-#define MOE_WS_STAGES 4
+#ifndef MOE_WS_STAGES
+#define MOE_WS_STAGES 4 /* the benchmarks' ring; a build may set another (the forward has its own: expert.cuh) */
+#endif
 /* Stages, then the mbarriers (full[s], empty[s]); plus the alignment shift. */
 #define MOE_WS_SMEM_BYTES (MOE_WS_STAGES * (MOE_TC_TILE_M + MOE_WS_TILE_N) * MOE_TC_K_BYTES + 1024 + MOE_PHASE_ALIGN)
 typedef struct MoeGemmBench {

@@ -4,8 +4,7 @@
 # in one call: correctness on W = 2 and W, bitwise equality of outputs with
 # the default cubin, then the paper-shape A/B and a trace of the WS build.
 #
-#   make build && make -s kernels BUILD=build/ws KERNEL_MAXREG=168 \
-#       NVCC_EXTRA="-DMOE_WS=1 -DMOE_TC_STAGES=6"; cp build/moerun.cubin kernels/moerun.cubin
+#   make build && make kernels-ws
 #   WS=build/ws/moerun.cubin W=4 scripts/ws-ab.sh
 #
 # The WS tiles need the TMA flag (MOERUN_KERNEL_FLAGS=7); the default build
