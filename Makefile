@@ -18,9 +18,11 @@ include kernels/kernels.mk
 
 all: build
 
-# The binary with the kernel embedded (-tags cubin) and MPI (-tags mpi).
-build: kernels
+# The binary with the kernels embedded (-tags cubin: the default build and the
+# MOE_WS build, which runs the bf16 forwards its tiles take) and MPI (-tags mpi).
+build: kernels kernels-ws
 	cp $(KERNEL_CUBIN) kernels/moerun.cubin
+	cp $(WS_CUBIN) kernels/moerun_ws.cubin
 	$(GO) build -buildvcs=auto -tags "mpi cubin" -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/moerun
 
 # Without CUDA: the binary looks for the cubin next to itself, in
@@ -41,8 +43,9 @@ run: build
 # The C ABI: build/libmoerun.so with capi/moerun.h (cgo's own header is
 # dropped), with the kernel embedded (-tags cubin) as `build` does; the
 # library also finds build/moerun.cubin beside itself.
-capi: kernels
+capi: kernels kernels-ws
 	cp $(KERNEL_CUBIN) kernels/moerun.cubin
+	cp $(WS_CUBIN) kernels/moerun_ws.cubin
 	$(GO) build -buildvcs=auto -buildmode=c-shared -tags "mpi cubin" -ldflags "$(LDFLAGS)" -o build/libmoerun.so ./capi
 	rm -f build/libmoerun.h
 
@@ -59,7 +62,6 @@ lint:
 
 # The Python example's test uses the numpy that scripts/setup.sh puts in $(VENV).
 VENV ?= .venv-cuda
-# kernels-ws: the opt-in MOE_WS build must keep compiling (kernels/kernels.mk).
 test: lint kernels kernels-ws build examples
 	MOERUN_PYTHON=$(abspath $(VENV))/bin/python $(GO) test -count=1 -tags mpi ./...
 	$(GO) test -race -count=1 ./...   # the race detector: a data race once failed CI only by chance
@@ -70,4 +72,4 @@ dist: build
 	@echo "dist/moerun-$(VERSION)-linux-amd64.tar.gz: one binary with the kernel embedded; needs libmpi.so.40 (Open MPI 4), the CUDA driver and NVSHMEM 3.4.5 on the node"
 
 clean:
-	rm -rf bin build dist kernels/moerun.cubin
+	rm -rf bin build dist kernels/moerun.cubin kernels/moerun_ws.cubin

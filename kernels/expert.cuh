@@ -60,10 +60,7 @@ __device__ __forceinline__ uint64_t tmap_of(const MoeParams& p, int i) {
 // measured faster than the per-source order through T = 2048 at E = 32, 4
 // GPUs (docs/benchmarks.md, fifth session); above that a source's rows fill
 // whole tiles and the overlap with the dispatch matters more.
-#ifndef MOE_MERGE_ROWS
-#define MOE_MERGE_ROWS 128  // at most this many kept rows per source and expert on average
-#endif
-constexpr int kMergeRows = MOE_MERGE_ROWS;
+constexpr int kMergeRows = MOE_MERGE_ROWS;  // params.h: at most this many kept rows per source and expert on average
 __device__ __forceinline__ bool pool_sources(const MoeParams& p) {
   return kMergeRows > 0 && p.world > 1 && tc_mode(p) &&
          static_cast<int64_t>(p.tokens) * p.topk <= static_cast<int64_t>(p.experts) * kMergeRows;
@@ -75,7 +72,7 @@ __device__ __forceinline__ bool pool_sources(const MoeParams& p) {
 // swiglu, pooled tiles) runs the worker threads' tiles as in the default build.
 __device__ __forceinline__ bool ws_tiles(const MoeParams& p) {
   return MOE_WS && p.dtype == MOE_DTYPE_BF16 && p.ffn != MOE_FFN_SWIGLU && (p.flags & MOE_FLAG_TMA) != 0 &&
-         !pool_sources(p) && p.hidden >= kWsStgKeep * kWsKElems && p.ffn_hidden >= kWsStgKeep * kWsKElems;
+         !pool_sources(p) && p.hidden >= MOE_WS_MIN_DIM && p.ffn_hidden >= MOE_WS_MIN_DIM;
 }
 
 // Task geometry of the mode. Row tiles: rows of one task. GEMM0 / GEMM1

@@ -260,6 +260,7 @@ __device__ __forceinline__ WsPos ws_acc_pos(int i) {
 constexpr int kWsStgStride = kWsTileN + 8;  // +16 bytes: a store phase's 8 rows on distinct banks
 constexpr int kWsStgKeep = 2;               // stages a task keeps for its staging
 static_assert(64 * kWsStgStride * 2 <= kWsStageBytes, "a consumer's staged rows fit a stage");
+static_assert(kWsStgKeep * kWsKElems == MOE_WS_MIN_DIM, "the forward's WS tiles need K of the kept stages at least");
 __device__ __forceinline__ void ws_stage_bf16(const float (&acc)[kWsAcc], __nv_bfloat16* stg, int op,
                                               const float* bias, int ncols) {
 #pragma unroll

@@ -90,13 +90,14 @@ $(KERNELS_DIR)/moerun.cubin: $(KERNEL_CUBIN)
 
 # The MOE_WS build (kernels/gemm_ws.cuh, common.cuh, expert.cuh): the forward
 # at one block per SM with a producer warpgroup and 128 x 256 bf16 tiles (with
-# the TMA flag, MOERUN_KERNEL_FLAGS=7). Opt-in: faster than the default at
-# T >= 8192, slower for small forwards and not measured for tf32
-# (docs/benchmarks.md, eighth session); run it with
-# --cubin $(BUILD)/ws/moerun.cubin. The embedded cubin stays the default build.
+# the TMA flag). Faster than the default build for the forwards its tiles take
+# (bf16 relu / gelu, not pooled), slower for the rest (docs/benchmarks.md,
+# eighth session): `make build` embeds both, and the host launches this one
+# for exactly those forwards (internal/gpubackend, kernels.EnvWSCubin).
 # Six 32 KB stages make the phase buffer hold four 48 KB WS stages; 168
 # registers are one 384-thread block's share.
 WS_NVCC_EXTRA := -DMOE_WS=1 -DMOE_TC_STAGES=6
+WS_CUBIN := $(BUILD)/ws/moerun.cubin
 kernels-ws: kernels-check-toolchain
 	@$(MAKE) --no-print-directory -f $(KERNELS_DIR)/kernels.mk $(BUILD)/ws/moerun.cubin BUILD=$(BUILD)/ws \
 		KERNEL_MAXREG=168 NVCC_EXTRA="$(WS_NVCC_EXTRA) $(NVCC_EXTRA)"

@@ -17,6 +17,38 @@ const EnvCubin = "MOERUN_CUBIN"
 // Embedded reports whether this binary carries the kernel (-tags cubin).
 func Embedded() bool { return len(embedded) > 0 }
 
+// EnvWSCubin names the environment variable that picks the MOE_WS build's
+// cubin (`make kernels-ws`): a path, or "off" for none.
+const EnvWSCubin = "MOERUN_WS_CUBIN"
+
+// LocateWS returns the MOE_WS build's cubin that runs beside the main one
+// (mainFrom: Locate's second result), and where it came from; nil when there
+// is none to use. $MOERUN_WS_CUBIN names one ("off": none); unset, the
+// embedded one pairs with the embedded main cubin only: a main cubin given
+// by --cubin or $MOERUN_CUBIN runs alone, as named.
+func LocateWS(mainFrom string) ([]byte, string, error) {
+	return locateWS(mainFrom, os.Getenv(EnvWSCubin), embeddedWS)
+}
+
+func locateWS(mainFrom, envPath string, emb []byte) ([]byte, string, error) {
+	switch {
+	case envPath == "off":
+		return nil, "", nil
+	case envPath != "":
+		b, err := os.ReadFile(envPath)
+		if err != nil {
+			return nil, "", fmt.Errorf("MOE_WS cubin from $%s: %w", EnvWSCubin, err)
+		}
+		if len(b) == 0 {
+			return nil, "", fmt.Errorf("MOE_WS cubin from $%s: %s is empty", EnvWSCubin, envPath)
+		}
+		return b, envPath, nil
+	case mainFrom == "embedded" && len(emb) > 0:
+		return emb, "embedded", nil
+	}
+	return nil, "", nil
+}
+
 // Locate returns the kernel's cubin and where it came from. It looks, in
 // order: flagPath (--cubin) when not empty; $MOERUN_CUBIN when set; the cubin
 // embedded in the binary; moerun.cubin next to the executable. A path that is

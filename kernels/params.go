@@ -82,6 +82,13 @@ const (
 	// WSProducerThreads is the producer warpgroup a MOE_WS build adds to a
 	// forward block (kernels/common.cuh MOE_BLOCK_THREADS).
 	WSProducerThreads = 128
+	// WSMinDim: a MOE_WS build's forward runs its own tiles for bf16
+	// relu / gelu forwards that are not pooled and whose H and I are at
+	// least this (MOE_WS_MIN_DIM).
+	WSMinDim = 128
+	// MergeRows: with W >= 2, a tensor-core forward of T tokens pools its
+	// sources' rows when T*k <= E*MergeRows (MOE_MERGE_ROWS).
+	MergeRows = 128
 
 	GateTCGroup = 32 // MOE_GATE_TC_GROUP: experts per column group of the tensor-core gate
 	GateTCRows  = 96 // MOE_GATE_TC_ROWS: rows of gate_t per group (3 pieces x 32)

@@ -310,7 +310,18 @@ typedef struct MoeTileTest {
  * tiles and stages at one block of MOE_THREADS per SM, no producer
  * warpgroup. */
 #define MOE_WS_THREADS 384
+/* A MOE_WS build's forward runs its 128 x MOE_WS_TILE_N tiles (kernels/expert.cuh
+ * ws_tiles) for bf16 relu / gelu forwards that are not pooled (MOE_MERGE_ROWS) and
+ * whose H and I are at least MOE_WS_MIN_DIM (two stages of K); the host launches the
+ * MOE_WS kernel for exactly those (internal/gpubackend). */
+#define MOE_WS_MIN_DIM 128
 #define MOE_WS_TILE_N 256
+/* Pooled row tiles (kernels/expert.cuh pool_sources): with W >= 2, a tensor-core
+ * forward of T tokens pools its sources' rows when T * k <= E * MOE_MERGE_ROWS; a
+ * build may set another (0: never). */
+#ifndef MOE_MERGE_ROWS
+#define MOE_MERGE_ROWS 128
+#endif
 #ifndef MOE_WS_STAGES
 #define MOE_WS_STAGES 4 /* the benchmarks' ring; a build may set another (the forward has its own: expert.cuh) */
 #endif

@@ -118,7 +118,7 @@ func TestConstantsMatchParamsH(t *testing.T) {
 		"MOE_FLAG_TMA": FlagTMA, "MOE_TMAP_WORDS": TMapWords, "MOE_TMAP_RECV": TMapRecv, "MOE_TMAP_INTER": TMapInter,
 		"MOE_TMAP_W1": TMapW1, "MOE_TMAP_WU": TMapWu, "MOE_TMAP_W2": TMapW2, "MOE_TMAPS": TMaps,
 		"MOE_TMAP_SWIGLU_ROWS": TMapSwiGLURows, "MOE_TILE_TMAPS": TileTMaps,
-		"MOE_WS_THREADS": WSThreads, "MOE_WS_TILE_N": WSTileN, "MOE_WS_STAGES": WSStages, "MOE_WS_SMEM_BYTES": WSSmemBytes,
+		"MOE_WS_THREADS": WSThreads, "MOE_WS_TILE_N": WSTileN, "MOE_WS_STAGES": WSStages, "MOE_WS_MIN_DIM": WSMinDim, "MOE_MERGE_ROWS": MergeRows, "MOE_WS_SMEM_BYTES": WSSmemBytes,
 		"MOE_GATE_TC_GROUP": GateTCGroup, "MOE_GATE_TC_ROWS": GateTCRows,
 		"MOE_EV_SETUP": EvSetup, "MOE_EV_GATE": EvGate, "MOE_EV_TOPK": EvTopK, "MOE_EV_ROUTE": EvRoute,
 		"MOE_EV_DISPATCH": EvDispatch, "MOE_EV_GEMM0": EvGEMM0, "MOE_EV_GEMM1": EvGEMM1, "MOE_EV_COMBINE": EvCombine,
@@ -196,6 +196,34 @@ func TestLocate(t *testing.T) {
 	for _, want := range []string{"--cubin", EnvCubin, "embedded", CubinName} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestLocateWS(t *testing.T) {
+	dir := t.TempDir()
+	good := dir + "/ws.cubin"
+	if err := os.WriteFile(good, []byte("ws"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	emb := []byte("emb-ws")
+	cases := []struct {
+		name, mainFrom, env string
+		emb                 []byte
+		want, from          string
+		err                 bool
+	}{
+		{"embedded pairs with embedded", "embedded", "", emb, "emb-ws", "embedded", false},
+		{"a named main cubin runs alone", "/x/moerun.cubin", "", emb, "", "", false},
+		{"none embedded", "embedded", "", nil, "", "", false},
+		{"off", "embedded", "off", emb, "", "", false},
+		{"env path", "/x/moerun.cubin", good, emb, "ws", good, false},
+		{"env path missing", "embedded", dir + "/missing", emb, "", "", true},
+	}
+	for _, c := range cases {
+		b, from, err := locateWS(c.mainFrom, c.env, c.emb)
+		if (err != nil) != c.err || string(b) != c.want || from != c.from {
+			t.Errorf("%s: got %q from %q (err %v), want %q from %q (err %v)", c.name, b, from, err, c.want, c.from, c.err)
 		}
 	}
 }

@@ -3,6 +3,9 @@
 # bf16 tiles: kernels/gemm_ws.cuh) against the default build, on one machine
 # in one call: correctness on W = 2 and W, bitwise equality of outputs with
 # the default cubin, then the paper-shape A/B and a trace of the WS build.
+# Each build runs alone here (the default with MOERUN_WS_CUBIN=off); VARIANTS
+# word "auto" runs the embedded pair as `moerun` does by default (each
+# forward on the kernel that suits it).
 #
 #   make build && make kernels-ws
 #   WS=build/ws/moerun.cubin W=4 scripts/ws-ab.sh
@@ -57,7 +60,7 @@ for w in 2 "$W"; do
 done
 # The WS tiles keep the K order and the epilogue of the default tiles: the
 # same bits as the default build's cp.async path (flags 3).
-has bitwise && run bitwise 400 env W="$W" TOKENS=128,4096 DTYPES=bf16 FLAGS_A=3 FLAGS_B=7 LOGDIR="$LOGDIR/bitwise" \
+has bitwise && run bitwise 400 env MOERUN_WS_CUBIN=off W="$W" TOKENS=128,4096 DTYPES=bf16 FLAGS_A=3 FLAGS_B=7 LOGDIR="$LOGDIR/bitwise" \
   ARGS="${small[*]} --ffn relu,gelu" scripts/bitwise-ab.sh embedded "$WS"
 
 # A/B, twice: default build (flags 3 and 7), WS build (flags 7 and 3).
@@ -66,16 +69,20 @@ for rep in 1 2; do
   for v in $VARIANTS; do
     set -- ${v/:/ }
     args=()
-    [ "$1" = ws ] && args=(--cubin "$PWD/$WS")
+    envs=(MOERUN_KERNEL_FLAGS="$2")
+    case $1 in
+      ws) args=(--cubin "$PWD/$WS") ;;
+      default) envs+=(MOERUN_WS_CUBIN=off) ;;
+    esac
     name="ab_$1_f$2_$rep"
-    run "$name" 300 env MOERUN_KERNEL_FLAGS="$2" "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${paper[@]}" \
+    run "$name" 300 env "${envs[@]}" "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${paper[@]}" \
       --tokens "$TOKENS" --dtype bf16 --iters 30 --warmup 5 --verify --queue --json "$LOGDIR/$name.json"
     grep -E '^ +[0-9]+ +[0-9]+ ' "$LOGDIR/$name.log" | sed "s/^/  [$1 f$2 $rep] /" >>"$LOGDIR/ab.txt"
   done
 done
 has trace && run trace_ws 300 env MOERUN_KERNEL_FLAGS=7 "$BIN" launch -n "$W" -- bench --backend gpu --cubin "$PWD/$WS" "${paper[@]}" \
   --tokens 8192 --dtype bf16 --iters 20 --warmup 5 --queue --trace "$LOGDIR/trace_ws.json"
-has trace && run trace_default 300 "$BIN" launch -n "$W" -- bench --backend gpu "${paper[@]}" \
+has trace && run trace_default 300 env MOERUN_WS_CUBIN=off "$BIN" launch -n "$W" -- bench --backend gpu "${paper[@]}" \
   --tokens 8192 --dtype bf16 --iters 20 --warmup 5 --queue --trace "$LOGDIR/trace_default.json"
 for t in ws default; do
   [ -f "$LOGDIR/trace_$t.log" ] && grep -o '"phases":"[^"]*"' "$LOGDIR/trace_$t.log" | head -"$W" | sed "s/^/[$t] /" >>"$LOGDIR/trace.txt"

@@ -240,7 +240,7 @@ func (b *Backend) ForwardLayerDevice(id int, cfg config.Layer, x, out DevicePtr,
 	if err := b.deviceTokens(cfg, x, n, s); err != nil {
 		return tm, err
 	}
-	if err := b.launch(cfg.DType, p.Bytes(), s); err != nil {
+	if err := b.launch(cfg, p.Bytes(), s); err != nil {
 		b.broken = fmt.Errorf("kernel launch failed: %w", err)
 		return tm, b.broken
 	}

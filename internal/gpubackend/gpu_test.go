@@ -249,6 +249,9 @@ func TestForwardOneRank(t *testing.T) {
 	k := b.Kernel()
 	t.Logf("kernel: %d registers, %d B local, %d B smem + %d B dynamic, %d blocks/SM x %d SMs = grid %d, flags %d",
 		k.Registers, k.LocalBytes, k.StaticSmem, k.DynamicSmem, k.BlocksPerSM, k.SMs, k.Grid, b.KernelFlags())
+	if w, ok := b.KernelWS(); ok {
+		t.Logf("MOE_WS kernel beside it (%s): %d registers, %d B local, %d B dynamic, grid %d", w.CubinFrom, w.Registers, w.LocalBytes, w.DynamicSmem, w.Grid)
+	}
 	if u := b.UUID(); !strings.HasPrefix(u, "GPU-") || len(u) != 40 {
 		t.Errorf("UUID %q: want NVML's GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", u)
 	} else {
@@ -508,7 +511,7 @@ func TestForwardOneRank(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkTrace(t, c, b.Kernel().Grid, evs, b.TraceDropped())
+			checkTrace(t, c, b.LastGrid(), evs, b.TraceDropped())
 			pt := b.PhaseTimes()
 			order := []string{"gate", "barrier1", "topk", "barrier2", "route", "barrier3", "dispatch", "gemm1", "combine", "total"}
 			for i, n := range order {

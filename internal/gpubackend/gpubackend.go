@@ -120,6 +120,8 @@ type Backend struct {
 	convFn     cuda.Function // moerun_tokens_bf16: a bf16 device forward's tokens
 	convErr    error         // why convFn is missing (a cubin older than the entry)
 	info       KernelInfo
+	ws         *wsKernel // the MOE_WS build's forward beside the default one, or nil (ws.go)
+	lastGrid   int       // grid of the last forward launched (either kernel)
 	stream     cuda.Stream
 	haveStream bool
 	evStart    cuda.Event
@@ -208,7 +210,9 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 		Int("blocks_per_sm", b.info.BlocksPerSM).
 		Int("sms", b.info.SMs).Int("grid", b.info.Grid).Str("cubin", b.info.CubinFrom).
 		Str("nvshmem", b.info.NVSHMEM).Dur("watchdog", opt.Watchdog).Bool("graph", opt.Graph).
-		Str("uuid", b.uuid).Int("kernel_flags", int(b.flags)).Bool("trace", opt.Trace).Msg("gpu backend open")
+		Str("uuid", b.uuid).Int("kernel_flags", int(b.flags)).Bool("trace", opt.Trace).
+		Int("ws_grid", b.wsInfo().Grid).Int("ws_registers", b.wsInfo().Registers).Str("ws_cubin", b.wsInfo().CubinFrom).
+		Msg("gpu backend open")
 	return b, nil
 }
 
@@ -297,6 +301,9 @@ func (b *Backend) preflight(localRank int) ([]byte, kernels.CubinInfo, error) {
 			path, hmaj, hmin, hpatch, from, ci.NVSHMEMVersion(), ci.NVSHMEMVersion(), hmaj, hmin, hpatch)
 	}
 	b.info.NVSHMEM = ci.NVSHMEMVersion()
+	if err = b.locateWS(from, ci); err != nil {
+		return nil, ci, err
+	}
 	if b.opt.HeapBytes > 0 {
 		if _, set := os.LookupEnv("NVSHMEM_SYMMETRIC_SIZE"); !set {
 			want := (b.opt.HeapBytes + heapReserve + (1<<20 - 1)) >> 20
@@ -415,7 +422,7 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 		return err
 	}
 	b.haveEvents = true
-	return nil
+	return b.loadWS()
 }
 
 // Kernel describes the loaded kernel and its grid.
@@ -729,6 +736,13 @@ func (b *Backend) paramsFor(cfg config.Layer, wp weightPtrs) kernels.Params {
 	if b.opt.DebugWithholdPeer < 0 {
 		p.DebugWithholdPeer = -1
 	}
+	if b.wsFor(cfg) {
+		// Its own scheduler block (the grid barrier's counter assumes one
+		// grid), the TMA loads its tiles need, the gate split of its grid.
+		p.Sched = uint64(b.ws.sched)
+		p.Flags |= kernels.FlagTMA
+		p.GateKSplit = int32(gateSplit(t, lay.Experts, lay.Hidden, b.ws.info.Grid, b.gateTC(cfg.DType)))
+	}
 	return p
 }
 
@@ -864,7 +878,7 @@ func (b *Backend) ForwardStaged(cfg config.Layer) (backend.Timing, error) {
 	if err := d.EventRecord(b.evStart, b.stream); err != nil {
 		return tm, err
 	}
-	if err := b.launchStaged(cfg.DType, arg, exec); err != nil {
+	if err := b.launchStaged(cfg, arg, exec); err != nil {
 		return tm, err
 	}
 	if err := d.EventRecord(b.evEnd, b.stream); err != nil {
@@ -906,22 +920,24 @@ func (b *Backend) takeStaged(cfg config.Layer) ([]byte, cuda.GraphExec, error) {
 	var exec cuda.GraphExec
 	if b.opt.Graph {
 		// A failed capture ran nothing: the runtime stays usable.
-		if exec, err = b.graphFor(cfg.DType, arg); err != nil {
+		if exec, err = b.graphFor(cfg, arg); err != nil {
 			return nil, 0, err
 		}
 	}
 	return arg, exec, nil
 }
 
-// launchStaged queues one forward on the kernel's stream: the captured graph
-// exec with Options.Graph, else a cooperative launch with argument arg.
-func (b *Backend) launchStaged(mode config.DType, arg []byte, exec cuda.GraphExec) error {
+// launchStaged queues one forward of cfg on the kernel's stream: the captured
+// graph exec with Options.Graph, else a cooperative launch with argument arg.
+func (b *Backend) launchStaged(cfg config.Layer, arg []byte, exec cuda.GraphExec) error {
 	if b.opt.Graph {
+		_, info := b.kernelFor(cfg)
+		b.lastGrid = info.Grid
 		if err := b.drv.GraphLaunch(exec, b.stream); err != nil {
 			b.broken = fmt.Errorf("kernel graph launch failed: %w", err)
 			return b.broken
 		}
-	} else if err := b.launch(mode, arg, b.stream); err != nil {
+	} else if err := b.launch(cfg, arg, b.stream); err != nil {
 		b.broken = fmt.Errorf("kernel launch failed: %w", err)
 		return b.broken
 	}
@@ -964,35 +980,48 @@ func (b *Backend) finishTiming(tm *backend.Timing) error {
 	}
 	tm.BytesPut = int64(st.BytesPut)
 	tm.SMUtil = -1
-	if st.TEnd > st.TStart && b.info.Grid > 0 {
-		tm.SMUtil = float64(st.BusyNs) / (float64(b.info.Grid) * float64(st.TEnd-st.TStart))
+	if st.TEnd > st.TStart && b.lastGrid > 0 {
+		tm.SMUtil = float64(st.BusyNs) / (float64(b.lastGrid) * float64(st.TEnd-st.TStart))
 		tm.Span = time.Duration(st.TEnd - st.TStart)
 	}
 	return nil
 }
 
-// launch queues one cooperative launch of the kernel for mode d on stream s.
-func (b *Backend) launch(d config.DType, arg []byte, s cuda.Stream) error {
-	grid := [3]uint32{uint32(b.info.Grid), 1, 1}
-	block := [3]uint32{uint32(b.info.Threads), 1, 1}
-	return b.drv.LaunchCooperative(b.fn, grid, block, b.phaseBytes(d), s, arg)
+// launch queues one cooperative launch of cfg's kernel (kernelFor) on stream s.
+func (b *Backend) launch(cfg config.Layer, arg []byte, s cuda.Stream) error {
+	fn, info := b.kernelFor(cfg)
+	b.lastGrid = info.Grid
+	grid := [3]uint32{uint32(info.Grid), 1, 1}
+	block := [3]uint32{uint32(info.Threads), 1, 1}
+	smem := uint32(info.DynamicSmem) // the phase buffer of a tensor-core launch
+	if !tensorCore(cfg.DType) {
+		smem = kernels.SIMTPhaseBytes
+	}
+	return b.drv.LaunchCooperative(fn, grid, block, smem, s, arg)
 }
 
-// phaseBytes is the dynamic shared memory of a launch in mode d.
-func (b *Backend) phaseBytes(d config.DType) uint32 {
-	if tensorCore(d) {
-		return uint32(b.info.DynamicSmem)
+// kernelFor is the kernel that runs the forward of cfg and its geometry:
+// the MOE_WS build's for the forwards its tiles take (wsFor), else the
+// default build's.
+func (b *Backend) kernelFor(cfg config.Layer) (cuda.Function, *KernelInfo) {
+	if b.wsFor(cfg) {
+		return b.ws.fn, &b.ws.info
 	}
-	return kernels.SIMTPhaseBytes
+	return b.fn, &b.info
 }
+
+// LastGrid is the grid of the last forward launched: the default kernel's
+// (Kernel().Grid) or the MOE_WS kernel's.
+func (b *Backend) LastGrid() int { return b.lastGrid }
 
 // maxGraphs bounds the captured forwards kept at once (each is one kernel
 // node); when full, all are dropped and capturing starts over.
 const maxGraphs = 64
 
-// graphFor returns the executable graph of one launch in mode with argument
-// arg (which holds the mode), capturing it on first use.
-func (b *Backend) graphFor(mode config.DType, arg []byte) (cuda.GraphExec, error) {
+// graphFor returns the executable graph of one launch of cfg with argument
+// arg (which holds the mode and, through its scheduler block, the kernel),
+// capturing it on first use.
+func (b *Backend) graphFor(cfg config.Layer, arg []byte) (cuda.GraphExec, error) {
 	key := string(arg)
 	if e, ok := b.graphs[key]; ok {
 		return e, nil
@@ -1004,7 +1033,7 @@ func (b *Backend) graphFor(mode config.DType, arg []byte) (cuda.GraphExec, error
 	if err := d.StreamBeginCapture(b.stream, cuda.CaptureModeThreadLocal); err != nil {
 		return 0, fmt.Errorf("graph capture of the forward: %w", err)
 	}
-	lerr := b.launch(mode, arg, b.stream)
+	lerr := b.launch(cfg, arg, b.stream)
 	g, err := d.StreamEndCapture(b.stream)
 	if lerr != nil || err != nil {
 		if err == nil {
@@ -1213,6 +1242,7 @@ func (b *Backend) Close() error {
 	if b.haveStream {
 		errs = append(errs, b.drv.StreamDestroy(b.stream))
 	}
+	errs = append(errs, b.closeWS())
 	if b.modShmem {
 		errs = append(errs, b.shm.CumoduleFinalize(b.mod))
 	}

@@ -61,7 +61,7 @@ func (b *Backend) ForwardQueued(cfg config.Layer, n int) ([]time.Duration, backe
 			b.broken = fmt.Errorf("queued forward %d: %w", i, err)
 			return nil, tm, b.broken
 		}
-		if err := b.launchStaged(cfg.DType, arg, exec); err != nil {
+		if err := b.launchStaged(cfg, arg, exec); err != nil {
 			return nil, tm, err
 		}
 		if err := d.EventRecord(b.evQueue[2*i+1], b.stream); err != nil {

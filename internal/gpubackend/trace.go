@@ -134,7 +134,7 @@ func (b *Backend) TraceEvents() ([]TraceEvent, error) {
 	if err := b.drv.CtxSetCurrent(b.ctx); err != nil {
 		return nil, err
 	}
-	grid, per := b.info.Grid, b.tracePer
+	grid, per := b.info.Grid, b.tracePer // the buffer's blocks: the larger grid (a MOE_WS launch's other blocks count none)
 	counts := make([]uint32, grid)
 	if err := b.drv.MemcpyDtoH(counts, cuda.DevicePtr(uint64(b.traceBuf)+b.traceEvBytes)); err != nil {
 		return nil, fmt.Errorf("read the trace counts: %w", err)
