@@ -769,6 +769,22 @@ constexpr int kWsStorerThreads = 96;  // the producer warpgroup's warps 1..3
 constexpr int kWsStorer0 = kThreads + 32;
 // Barrier 2 (1: workers_sync) of the storer warps.
 __device__ __forceinline__ void storers_sync() { asm volatile("bar.sync 2, %0;\n" ::"n"(kWsStorerThreads) : "memory"); }
+// Whether v holds in every thread of named barrier B's N threads (a
+// barrier itself). A bounded wait that expires in some threads of a role
+// and not in others would split the role at its next barrier: each role
+// decides together.
+template <int B, int N>
+__device__ __forceinline__ bool all_of_role(bool v) {
+  uint32_t r;
+  asm volatile(
+      "{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbar.red.and.pred q, %2, %3, p;\nselp.u32 %0, 1, 0, q;\n}\n"
+      : "=r"(r)
+      : "r"(static_cast<uint32_t>(v)), "n"(B), "n"(N)
+      : "memory");
+  return r != 0;
+}
+__device__ __forceinline__ bool all_workers(bool v) { return all_of_role<1, kThreads>(v); }
+__device__ __forceinline__ bool all_storers(bool v) { return all_of_role<2, kWsStorerThreads>(v); }
 
 // A task ring entry (written by the producer thread before it arrives on
 // task_full; freed by the storers on task_empty).
@@ -915,7 +931,7 @@ __device__ inline bool process_ws(Ctx& c) {
   for (uint32_t i = 0;; ++i) {
     const int slot = ws_slot(i);
     const uint64_t tq = threadIdx.x == 0 && tracing(c) ? globaltimer() : 0;
-    if (!mbar_wait_for(f.task_full(slot), ws_use(i), limit)) {  // the producer's own waits are shorter
+    if (!all_workers(mbar_wait_for(f.task_full(slot), ws_use(i), limit))) {  // the producer's own waits are shorter
       if (threadIdx.x == 0) watchdog_trip(c, MOE_STATUS_WATCHDOG, MOE_WAIT_TASK, -1, limit, 0, i);
       ok = false;
       break;
@@ -959,7 +975,7 @@ __device__ inline bool process_ws(Ctx& c) {
 // figures (done) and count the bytes they put.
 __device__ inline void ws_storer(Ctx& c, const WsFwd& f) {
   const MoeParams& p = c.p;
-  if (!mbar_wait_for(f.start(), 0, 16 * p.watchdog_ns) || f.handoff()->quit != 0) return;
+  if (!all_storers(mbar_wait_for(f.start(), 0, 16 * p.watchdog_ns)) || f.handoff()->quit != 0) return;
   const uint64_t limit = 8 * p.watchdog_ns;
   const int sid = threadIdx.x - kWsStorer0, sw = sid >> 5, lane = sid & 31;
   constexpr int kWarps = kWsStorerThreads / 32;
@@ -970,7 +986,7 @@ __device__ inline void ws_storer(Ctx& c, const WsFwd& f) {
   uint32_t n = 0;  // the stage count, as the consumers keep it
   for (uint32_t i = 0;; ++i) {
     const int slot = ws_slot(i);
-    if (!mbar_wait_for(f.task_full(slot), ws_use(i), limit)) break;
+    if (!all_storers(mbar_wait_for(f.task_full(slot), ws_use(i), limit))) break;
     volatile WsTask* t = f.task(slot);
     const int type = t->type;
     if (type != kTaskG0 && type != kTaskG1) break;

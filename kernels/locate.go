@@ -35,12 +35,9 @@ func locateWS(mainFrom, envPath string, emb []byte) ([]byte, string, error) {
 	case envPath == "off":
 		return nil, "", nil
 	case envPath != "":
-		b, err := os.ReadFile(envPath)
+		b, err := readCubin(envPath, "MOE_WS cubin from $"+EnvWSCubin)
 		if err != nil {
-			return nil, "", fmt.Errorf("MOE_WS cubin from $%s: %w", EnvWSCubin, err)
-		}
-		if len(b) == 0 {
-			return nil, "", fmt.Errorf("MOE_WS cubin from $%s: %s is empty", EnvWSCubin, envPath)
+			return nil, "", err
 		}
 		return b, envPath, nil
 	case mainFrom == "embedded" && len(emb) > 0:
@@ -69,14 +66,24 @@ func executableDir() string {
 	return filepath.Dir(exe)
 }
 
+// readCubin reads a named cubin; an unreadable or empty file is an error
+// that starts with what (where the name came from).
+func readCubin(path, what string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%s: %s is empty", what, path)
+	}
+	return b, nil
+}
+
 func locate(flagPath, envPath string, emb []byte, exeDir string) ([]byte, string, error) {
 	read := func(path, how string) ([]byte, string, error) {
-		b, err := os.ReadFile(path)
+		b, err := readCubin(path, "kernel cubin from "+how)
 		if err != nil {
-			return nil, "", fmt.Errorf("kernel cubin from %s: %w", how, err)
-		}
-		if len(b) == 0 {
-			return nil, "", fmt.Errorf("kernel cubin from %s: %s is empty", how, path)
+			return nil, "", err
 		}
 		return b, path, nil
 	}

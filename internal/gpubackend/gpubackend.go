@@ -389,24 +389,14 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 		return fmt.Errorf("kernel module reports ABI %d, its image said %d", abi[0], ci.ABIVersion)
 	}
 	info := &b.info
-	if info.Registers, err = d.FuncGetAttribute(b.fn, cuda.FuncNumRegs); err != nil {
-		return err
-	}
-	if info.LocalBytes, err = d.FuncGetAttribute(b.fn, cuda.FuncLocalSizeBytes); err != nil {
-		return err
-	}
-	if info.StaticSmem, err = d.FuncGetAttribute(b.fn, cuda.FuncSharedSizeBytes); err != nil {
-		return err
-	}
 	info.Threads = ci.BlockThreads
 	info.DynamicSmem = phase
-	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(b.fn, info.Threads, uint64(phase)); err != nil {
-		return err
-	}
 	if info.SMs, err = d.Attribute(b.dev, cuda.AttrMultiprocessorCount); err != nil {
 		return err
 	}
-	info.Grid = info.BlocksPerSM * info.SMs
+	if err := b.sizeKernel(b.fn, info); err != nil {
+		return err
+	}
 	if info.Grid < 2 {
 		return fmt.Errorf("kernel occupancy: %d blocks per SM x %d SMs: the kernel needs at least 2 resident blocks", info.BlocksPerSM, info.SMs)
 	}
@@ -423,6 +413,28 @@ func (b *Backend) loadKernel(cubin []byte, ci kernels.CubinInfo) error {
 	}
 	b.haveEvents = true
 	return b.loadWS()
+}
+
+// sizeKernel fills info's figures of fn (info.Threads, DynamicSmem and SMs
+// set): registers, local and static shared memory, the blocks resident per
+// SM at that shared memory, and the grid of one block per resident slot.
+func (b *Backend) sizeKernel(fn cuda.Function, info *KernelInfo) error {
+	d := b.drv
+	var err error
+	if info.Registers, err = d.FuncGetAttribute(fn, cuda.FuncNumRegs); err != nil {
+		return err
+	}
+	if info.LocalBytes, err = d.FuncGetAttribute(fn, cuda.FuncLocalSizeBytes); err != nil {
+		return err
+	}
+	if info.StaticSmem, err = d.FuncGetAttribute(fn, cuda.FuncSharedSizeBytes); err != nil {
+		return err
+	}
+	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(fn, info.Threads, uint64(info.DynamicSmem)); err != nil {
+		return err
+	}
+	info.Grid = info.BlocksPerSM * info.SMs
+	return nil
 }
 
 // Kernel describes the loaded kernel and its grid.

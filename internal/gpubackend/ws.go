@@ -90,20 +90,10 @@ func (b *Backend) loadWS() error {
 		return fmt.Errorf("MOE_WS kernel: allow %d bytes of dynamic shared memory: %w", phase, err)
 	}
 	info := &w.info
-	if info.Registers, err = d.FuncGetAttribute(w.fn, cuda.FuncNumRegs); err != nil {
-		return err
-	}
-	if info.LocalBytes, err = d.FuncGetAttribute(w.fn, cuda.FuncLocalSizeBytes); err != nil {
-		return err
-	}
-	if info.StaticSmem, err = d.FuncGetAttribute(w.fn, cuda.FuncSharedSizeBytes); err != nil {
-		return err
-	}
-	if info.BlocksPerSM, err = d.OccupancyMaxActiveBlocksPerMultiprocessor(w.fn, info.Threads, uint64(phase)); err != nil {
-		return err
-	}
 	info.SMs = b.info.SMs
-	info.Grid = info.BlocksPerSM * info.SMs
+	if err := b.sizeKernel(w.fn, info); err != nil {
+		return err
+	}
 	if info.Grid < 2 || info.Grid > b.info.Grid {
 		// The trace buffer and its counts are sized by the default grid.
 		return fmt.Errorf("MOE_WS kernel occupancy: %d blocks per SM x %d SMs = %d: want 2 to %d (the default kernel's grid)", info.BlocksPerSM, info.SMs, info.Grid, b.info.Grid)
