@@ -22,9 +22,9 @@
 // block's fixed task list and loads the next task while the consumers run
 // the epilogue; and the same tile with thread 0 issuing the loads, ws_pump);
 // expert.cuh (the MOE_WS forward: the producer thread also takes the
-// block's tasks, the consumers stage each task's bf16 results in a buffer of
-// their own, kWsFwdStages stages beside it, and three storer warps write
-// them out while the consumers run the next task).
+// block's tasks, the consumers stage each task's bf16 results in the stages
+// of its last two steps, and three storer warps write them out and hand
+// those stages back while the consumers run the next task).
 //
 // Registers: no `setmaxnreg`. ptxas ignores it in a relocatable (-rdc)
 // object, which the cubin's device link with NVSHMEM needs ("C7504:
@@ -88,7 +88,7 @@ __device__ __forceinline__ void ws_wgmma_wait(float (&d)[kWsAcc]) {
 
 // The stage a running step count uses, and the parity of that use, in a
 // ring of S stages (the benchmarks: kWsStages; the forward: kWsFwdStages,
-// expert.cuh, which leaves room for its results' staging buffer).
+// expert.cuh).
 template <int S>
 struct WsStageT {
   uint32_t n = 0;  // steps so far (over tasks)
