@@ -111,7 +111,7 @@ constexpr int kTcRowSrcOff = kTcBarOff + 2 * kTcStages * 8;  // u8 [kTcTileM], a
 // MOE_WS: the forward's stages (kWsFwdStages of kWsStageBytes) are the
 // phase buffer's first bytes (a MOE_WS build sets MOE_TC_STAGES=6 so that
 // the buffer holds them); a task's results are staged in its last two
-// (gemm_ws.cuh ws_stage_bf16). Its barriers, task ring and hand-over (WsFwd)
+// (gemm_ws.cuh ws_store_bf16). Its barriers, task ring and hand-over (WsFwd)
 // sit after the row tables, kept for the whole launch.
 constexpr int kWsFwdStages = 4;
 constexpr int kWsFwdBarOff = (kTcRowSrcOff + kTcTileM + 7) & ~7;
@@ -906,7 +906,7 @@ __device__ __noinline__ void ws_tile_stage(const WsFwd f, uint32_t n, int ksteps
   const int c = threadIdx.x >> 7;
   ws_consume<kWsStgKeep>(f.sm, st, c, ksteps, acc);
   workers_sync();  // both warpgroups' MMAs are done with the kept stages
-  ws_stage_bf16(acc, f.stg(st.n, c), op, bias, ncols);
+  ws_store_bf16(acc, f.stg(st.n, c), kWsStgStride, op, bias, ncols);
   fence_proxy_async_smem();  // these writes of the kept stages before the producer's next TMA writes
   if (ts != nullptr) *ts = globaltimer();
   mbar_arrive(f.stg_full());

@@ -51,13 +51,7 @@ __device__ __forceinline__ void bench_store(const MoeGemmBench& g, const moe::Be
   using namespace moe;
   __nv_bfloat16* o = reinterpret_cast<__nv_bfloat16*>(g.c) +
                      static_cast<int64_t>(bt.e * g.rows + bt.mt * kTcTileM + 64 * c) * g.n + bt.nt * kWsTileN;
-#pragma unroll
-  for (int i = 0; i < kWsAcc; i += 2) {
-    const WsPos pos = ws_acc_pos(i);
-    float v0 = acc[i], v1 = acc[i + 1];
-    tc_bias_op(v0, v1, g.relu ? kOpReLU : kOpNone, nullptr, pos.col, kWsTileN);
-    *reinterpret_cast<__nv_bfloat162*>(o + static_cast<int64_t>(pos.row) * g.n + pos.col) = __floats2bfloat162_rn(v0, v1);
-  }
+  ws_store_bf16(acc, o, static_cast<int64_t>(g.n), g.relu ? kOpReLU : kOpNone, nullptr, kWsTileN);
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_WS_THREADS, 1) moerun_gemm_bench_ws(const __grid_constant__ MoeGemmBenchArg arg) {

@@ -251,25 +251,29 @@ __device__ __forceinline__ WsPos ws_acc_pos(int i) {
 }
 
 
-// A forward task's results, staged for the block's storer warps (expert.cuh
-// ws_storer) in the stage buffers of the task's last two steps, consumer c's
-// 64 rows in the one of step ksteps - 2 + c: stg[r][c] (bf16, kWsStgStride
-// a row) = op(acc + bias[c]), rounded as tc_copy_out rounds the default
-// tiles' staged fp32; bias read for columns < ncols only (null: none):
-// tc_bias_op.
-constexpr int kWsStgStride = kWsTileN + 8;  // +16 bytes: a store phase's 8 rows on distinct banks
-constexpr int kWsStgKeep = 2;               // stages a task keeps for its staging
-static_assert(64 * kWsStgStride * 2 <= kWsStageBytes, "a consumer's staged rows fit a stage");
-static_assert(kWsStgKeep * kWsKElems == MOE_WS_MIN_DIM, "the forward's WS tiles need K of the kept stages at least");
-__device__ __forceinline__ void ws_stage_bf16(const float (&acc)[kWsAcc], __nv_bfloat16* stg, int op,
+// op(acc + bias[c]) of a consumer's 64 x kWsTileN accumulators as bf16 at
+// dst[r * ld + c] (r: the row within the consumer's 64), rounded as
+// tc_copy_out rounds the default tiles' staged fp32; bias read for columns
+// < ncols only (null: none): tc_bias_op. Users: the forward's staging below
+// and the GEMM benchmark's epilogue (gemm_bench_ws.cu).
+template <class Ld>
+__device__ __forceinline__ void ws_store_bf16(const float (&acc)[kWsAcc], __nv_bfloat16* dst, Ld ld, int op,
                                               const float* bias, int ncols) {
 #pragma unroll
   for (int i = 0; i < kWsAcc; i += 2) {
     const WsPos pos = ws_acc_pos(i);
     float v0 = acc[i], v1 = acc[i + 1];
     tc_bias_op(v0, v1, op, bias, pos.col, ncols);
-    *reinterpret_cast<__nv_bfloat162*>(stg + pos.row * kWsStgStride + pos.col) = __floats2bfloat162_rn(v0, v1);
+    *reinterpret_cast<__nv_bfloat162*>(dst + pos.row * ld + pos.col) = __floats2bfloat162_rn(v0, v1);
   }
 }
+
+// A forward task's results, staged for the block's storer warps (expert.cuh
+// ws_storer) in the stage buffers of the task's last two steps, consumer c's
+// 64 rows in the one of step ksteps - 2 + c, kWsStgStride bf16 a row.
+constexpr int kWsStgStride = kWsTileN + 8;  // +16 bytes: a store phase's 8 rows on distinct banks
+constexpr int kWsStgKeep = 2;               // stages a task keeps for its staging
+static_assert(64 * kWsStgStride * 2 <= kWsStageBytes, "a consumer's staged rows fit a stage");
+static_assert(kWsStgKeep * kWsKElems == MOE_WS_MIN_DIM, "the forward's WS tiles need K of the kept stages at least");
 
 }  // namespace moe

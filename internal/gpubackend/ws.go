@@ -20,7 +20,6 @@ import (
 // wsKernel is the loaded MOE_WS forward.
 type wsKernel struct {
 	image     []byte // until loaded
-	from      string
 	mod       cuda.Module
 	loaded    bool
 	shmem     bool // registered with NVSHMEM
@@ -53,7 +52,7 @@ func (b *Backend) locateWS(from string, ci kernels.CubinInfo) error {
 	case wi.ABIVersion != ci.ABIVersion || wi.NVSHMEM != ci.NVSHMEM:
 		return fmt.Errorf("%s (MOE_WS cubin): ABI %d, NVSHMEM %s; the main cubin %s: ABI %d, NVSHMEM %s: rebuild both with `make`", wsFrom, wi.ABIVersion, wi.NVSHMEMVersion(), from, ci.ABIVersion, ci.NVSHMEMVersion())
 	}
-	b.ws = &wsKernel{image: img, from: wsFrom}
+	b.ws = &wsKernel{image: img}
 	b.ws.info.CubinFrom, b.ws.info.NVSHMEM = wsFrom, wi.NVSHMEMVersion()
 	b.ws.info.Threads, b.ws.info.DynamicSmem = wi.BlockThreads, wi.PhaseBytes
 	return nil
@@ -70,7 +69,7 @@ func (b *Backend) loadWS() error {
 	d := b.drv
 	mod, err := d.ModuleLoadData(w.image)
 	if err != nil {
-		return fmt.Errorf("load the MOE_WS kernel (%s): %w", w.from, err)
+		return fmt.Errorf("load the MOE_WS kernel (%s): %w", w.info.CubinFrom, err)
 	}
 	w.mod, w.loaded, w.image = mod, true, nil
 	if err := b.shm.CumoduleInit(mod); err != nil {
