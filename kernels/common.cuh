@@ -113,6 +113,20 @@ __device__ __forceinline__ int ret_elem_bytes(const MoeParams& p) { return p.dty
 // Tensor-core modes (tf32, bf16) use the gemm_tc.cuh tiles and the
 // transposed weight layout; fp32 the SIMT tiles of gemm.cuh.
 __device__ __forceinline__ bool tc_mode(const MoeParams& p) { return p.dtype != MOE_DTYPE_FP32; }
+// Whether a bf16 forward streams its weights: at most MOE_TC_TILE_M rows
+// per local expert from all sources together on average (T k W <= E 128),
+// so that a weight slab serves about one row tile (pooled, at W >= 2) and
+// nothing re-reads it soon. The weight loads of its WS tiles (W = 1) and its
+// pooled tiles (W >= 2) then go evict-first in L2 (gemm_tc.cuh
+// l2_evict_first), so that streamed weights no longer push out what the
+// forward reads again. Measured (docs/benchmarks.md, ninth session): -15 to
+// -19 % at T = 128 on 4 GPUs; where a slab serves two row tiles (T = 1024,
+// W = 4) it was +1.5 %, so those forwards keep the default policy; tf32 at
+// T = 128 showed no clear gain and keeps it too.
+__device__ __forceinline__ bool weights_streamed(const MoeParams& p) {
+  return p.dtype == MOE_DTYPE_BF16 &&
+         static_cast<int64_t>(p.tokens) * p.topk * p.world <= static_cast<int64_t>(p.experts) * MOE_TC_TILE_M;
+}
 // bf16 mode, MOE_FLAG_LOCAL_GATHER: this rank's own rows stay in x (dispatch.cuh, expert.cuh).
 // Off in MOE_WS builds: their GEMM0 tasks load every row with TMA, and
 // gathered rows cannot be (the dispatch copies the own rows instead).

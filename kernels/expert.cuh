@@ -632,6 +632,7 @@ __device__ inline void run_gemm0_tc(Ctx& c, const MoeRowTile& d, int rt, int nt)
   g.ldb = H;
   g.ncols = min(kW, I - n0);
   g.K = H;
+  g.bstream = weights_streamed(p);
   g.tmap = tmap_of(p, MOE_TMAP_RECV);  // then W1, Wu
   g.arow0 = static_cast<int>(grow);
   g.brow0 = d.le * I + n0;
@@ -698,6 +699,7 @@ __device__ inline void run_gemm1_tc(Ctx& c, const MoeRowTile& d, int nt) {
   g.ldb = I;
   g.ncols = min(kTcTileN, H - n0);
   g.K = I;
+  g.bstream = weights_streamed(p);
   g.tmap = tmap_of(p, MOE_TMAP_INTER);  // then W2
   g.arow0 = static_cast<int>(grow);
   g.brow0 = d.le * H + n0;
@@ -860,6 +862,7 @@ __device__ inline void ws_producer(Ctx& c, const WsFwd& f) {
   if (!mbar_wait_for(f.start(), 0, 16 * p.watchdog_ns) || f.handoff()->quit != 0) return;
   const uint64_t limit = 8 * p.watchdog_ns;
   WsStageT<kWsFwdStages> st;
+  const uint64_t bpol = weights_streamed(p) ? l2_evict_first() : 0;
   int g0_ticket = -1, g1_ticket = -1, rt = 0, nt = 0;
   bool g0_done = false;
   for (uint32_t i = 0;; ++i) {
@@ -887,7 +890,7 @@ __device__ inline void ws_producer(Ctx& c, const WsFwd& f) {
     const int64_t grow = static_cast<int64_t>(dv.x) * p.rows_per_source + dv.z;  // src, row0
     fence_proxy_async_all();  // the rows acquired in next_task, before this thread's TMA reads them
     ws_produce(f.sm, st, WsLoad{tmap_of(p, amap), tmap_of(p, amap + 1), static_cast<int>(grow), dv.y * n + nt * kWsTileN,
-                                K / kWsKElems, 0});
+                                K / kWsKElems, 0, bpol});
   }
 }
 

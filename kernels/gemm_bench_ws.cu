@@ -40,7 +40,7 @@ struct WsBenchPlan {
   __device__ moe::WsLoad load(int t) const {
     const moe::BenchTask bt = task(t);
     return moe::WsLoad{reinterpret_cast<uint64_t>(&g.tmap[0]), reinterpret_cast<uint64_t>(&g.tmap[MOE_TMAP_WORDS]),
-                       bt.e * g.rows + bt.mt * moe::kTcTileM, bt.e * g.n + bt.nt * moe::kWsTileN, ksteps, 0};
+                       bt.e * g.rows + bt.mt * moe::kTcTileM, bt.e * g.n + bt.nt * moe::kWsTileN, ksteps, 0, 0};
   }
 };
 

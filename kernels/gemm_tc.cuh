@@ -123,19 +123,39 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 // 16 bytes global -> shared, through L2 only; zero-filled when !valid (no read).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;
 #if MOE_TC_L2_PREFETCH == 256
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+#define MOE_CP_PREFETCH ".L2::256B"
 #elif MOE_TC_L2_PREFETCH == 128
-  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+#define MOE_CP_PREFETCH ".L2::128B"
 #elif MOE_TC_L2_PREFETCH == 64
-  asm volatile("cp.async.cg.shared.global.L2::64B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+#define MOE_CP_PREFETCH ".L2::64B"
 #elif MOE_TC_L2_PREFETCH == 0
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+#define MOE_CP_PREFETCH ""
 #else
 #error "MOE_TC_L2_PREFETCH must be 0, 64, 128 or 256"
 #endif
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global" MOE_CP_PREFETCH " [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+               : "memory");
+}
+// The same with an L2 cache policy (l2_evict_first) for the line it reads.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid, uint64_t pol) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint" MOE_CP_PREFETCH " [%0], [%1], 16, %2, %3;\n" ::"r"(dst),
+               "l"(src), "r"(n), "l"(pol)
+               : "memory");
+}
+// The L2 policy of a tile's weight (B) loads when the forward streams its
+// weights (each slab serves about one row tile, so nothing re-reads it soon:
+// common.cuh weights_streamed): evict-first, so that they do not push the
+// rest of the forward's data out of L2. Other forwards load without a policy
+// (an evict-normal one measured 1.5-4 % slower at T >= 4096: benchmarks.md,
+// ninth session).
+__device__ __forceinline__ uint64_t l2_evict_first() {
+  uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+  return pol;
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -303,6 +323,14 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, uint64_t map, int c0, 
       "l"(map), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
+// The same with an L2 cache policy (l2_evict_first) for the box's lines.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, uint64_t map, int c0, int c1, uint32_t bar, uint64_t pol) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(bar), "l"(pol)
+      : "memory");
+}
 #endif  // MOE_TC_WGMMA
 
 // ---- the tile ---------------------------------------------------------------
@@ -331,6 +359,10 @@ struct TcArgs {
   // caller sets them: the cp.async loader.
   uint64_t tmap = 0;
   int arow0 = 0, brow0 = 0;
+  // The forward streams its weights (weights_streamed): a gathered (pooled)
+  // tile, the tiles of such forwards at W >= 2, loads B evict-first in L2
+  // (l2_evict_first). Other tiles ignore it (their code unchanged).
+  int bstream = 0;
 };
 constexpr int kTmapBytes = MOE_TMAP_WORDS * 8;
 
@@ -514,6 +546,8 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
   const char* afall = static_cast<const char*>(g.a);     // never read (src-size 0)
   const char* bfall = static_cast<const char*>(g.b[0]);
   const int ksteps = g.K * kEs / kTcKBytes;
+  const bool bstream = kGather && g.bstream != 0;  // uniform over the block
+  const uint64_t bpol = bstream ? l2_evict_first() : 0;
   auto load = [&](int stage, int kt) {
     const uint32_t s = sbase + static_cast<uint32_t>(stage * kStageBytes) + st_off;
     const int64_t koff = static_cast<int64_t>(kt) * kTcKBytes;
@@ -525,7 +559,13 @@ __device__ __forceinline__ void tc_gemm_tile(const TcArgs<NB>& g, unsigned char*
         cp_async16(s + i * kTcRowsPerPass * kTcKBytes, va ? ai + koff : afall, va);
       }
       const bool vb = bcol0 + bcolstep * i < g.ncols;
-      cp_async16(s + (kAm + i * kTcRowsPerPass) * kTcKBytes, vb ? bsrc + i * bstep + koff : bfall, vb);
+      const char* bi = vb ? bsrc + i * bstep + koff : bfall;
+      const uint32_t bs = s + (kAm + i * kTcRowsPerPass) * kTcKBytes;
+      if (bstream) {
+        cp_async16(bs, bi, vb, bpol);
+      } else {
+        cp_async16(bs, bi, vb);
+      }
     }
   };
 

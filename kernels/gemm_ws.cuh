@@ -129,6 +129,7 @@ __device__ __forceinline__ void ws_init_barriers(const WsSmemT<S>& sm) {
 struct WsLoad {
   uint64_t amap, bmap;
   int arow, brow, ksteps, pad_;
+  uint64_t bpol;  // the B boxes' L2 policy (l2_evict_first), or 0: none (a createpolicy value is never 0)
 };
 constexpr int kWsBBoxRows = kTcTileN;
 constexpr int kWsBarBytes = 16 * kWsStages;
@@ -143,8 +144,12 @@ __device__ __forceinline__ void ws_issue(const WsSmemT<S>& sm, int s, const WsLo
   tma_load_2d(dst, l.amap, kt * kWsKElems, l.arow, sm.full(s));
 #pragma unroll
   for (int h = 0; h < kWsTileN / kWsBBoxRows; ++h) {
-    tma_load_2d(dst + kWsABytes + h * kWsBBoxRows * kTcKBytes, l.bmap, kt * kWsKElems, l.brow + h * kWsBBoxRows,
-                sm.full(s));
+    const uint32_t bdst = dst + kWsABytes + h * kWsBBoxRows * kTcKBytes;
+    if (l.bpol != 0) {
+      tma_load_2d(bdst, l.bmap, kt * kWsKElems, l.brow + h * kWsBBoxRows, sm.full(s), l.bpol);
+    } else {
+      tma_load_2d(bdst, l.bmap, kt * kWsKElems, l.brow + h * kWsBBoxRows, sm.full(s));
+    }
   }
 }
 

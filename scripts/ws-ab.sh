@@ -5,14 +5,17 @@
 # the default cubin, then the paper-shape A/B and a trace of the WS build.
 # Each build runs alone here (the default with MOERUN_WS_CUBIN=off); VARIANTS
 # word "auto" runs the embedded pair as `moerun` does by default (each
-# forward on the kernel that suits it).
+# forward on the kernel that suits it); "base" the embedded default kernel
+# with the WS cubin BASE_WS (another build's, to A/B two WS kernels as they
+# run by default).
 #
 #   make build && make kernels-ws
 #   WS=build/ws/moerun.cubin W=4 scripts/ws-ab.sh
 #
 # The WS tiles need the TMA flag (MOERUN_KERNEL_FLAGS=7); the default build
 # runs with its default flags (3) and with 7 (VARIANTS: build:flags words).
-# STEPS (default "verify bitwise ab trace") picks the parts. Logs under $OUT (or LOGDIR);
+# STEPS (default "verify bitwise ab trace") picks the parts; TRACE_TOKENS (default
+# 8192) the T of the traces, TRACE_BINS their timeline's bin in µs. Logs under $OUT (or LOGDIR);
 # the last lines are a pass/fail table and the A/B rows (p50 us: column 10).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -24,6 +27,8 @@ ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 W=${W:-$ngpu}
 TOKENS=${TOKENS:-128,8192,16384}
 STEPS=${STEPS:-verify bitwise ab trace}
+TRACE_TOKENS=${TRACE_TOKENS:-8192}
+TRACE_BINS=${TRACE_BINS:-50}
 VARIANTS=${VARIANTS:-"default:3 default:7 ws:7 ws:3"}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$LOGDIR"
@@ -42,6 +47,19 @@ run() {
   last=$(grep -v '^\s*$' "$LOGDIR/$name.log" | tail -1 | cut -c1-100)
   ROWS+=("$(printf '%-22s %s  %s' "$name" "$([ $rc -eq 0 ] && echo pass || echo "FAIL($rc)")" "$last")")
   [ $rc -eq 0 ] || fails=$((fails + 1))
+}
+# variant BUILD FLAGS: the bench arguments (args) and environment (envs) of
+# a VARIANTS word.
+variant() {
+  args=()
+  envs=(MOERUN_KERNEL_FLAGS="$2")
+  case $1 in
+    ws) args=(--cubin "$PWD/$WS") ;;
+    default) envs+=(MOERUN_WS_CUBIN=off) ;;
+    base) envs+=(MOERUN_WS_CUBIN="$PWD/${BASE_WS:?variant base needs BASE_WS}") ;;
+    auto) ;;
+    *) echo "ws-ab: unknown variant $1" >&2; exit 2 ;;
+  esac
 }
 small=(--hidden 512 --ffn-hidden 1024 --experts 32 --topk 2)
 paper=(--hidden 2048 --ffn-hidden 2048 --experts 32 --topk 2 --ffn relu)
@@ -68,28 +86,36 @@ for rep in 1 2; do
   has ab || break
   for v in $VARIANTS; do
     set -- ${v/:/ }
-    args=()
-    envs=(MOERUN_KERNEL_FLAGS="$2")
-    case $1 in
-      ws) args=(--cubin "$PWD/$WS") ;;
-      default) envs+=(MOERUN_WS_CUBIN=off) ;;
-    esac
+    variant "$1" "$2"
     name="ab_$1_f$2_$rep"
     run "$name" 300 env "${envs[@]}" "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${paper[@]}" \
       --tokens "$TOKENS" --dtype bf16 --iters 30 --warmup 5 --verify --queue --json "$LOGDIR/$name.json"
     grep -E '^ +[0-9]+ +[0-9]+ ' "$LOGDIR/$name.log" | sed "s/^/  [$1 f$2 $rep] /" >>"$LOGDIR/ab.txt"
   done
 done
-has trace && run trace_ws 300 env MOERUN_KERNEL_FLAGS=7 "$BIN" launch -n "$W" -- bench --backend gpu --cubin "$PWD/$WS" "${paper[@]}" \
-  --tokens 8192 --dtype bf16 --iters 20 --warmup 5 --queue --trace "$LOGDIR/trace_ws.json"
-has trace && run trace_default 300 env MOERUN_WS_CUBIN=off "$BIN" launch -n "$W" -- bench --backend gpu "${paper[@]}" \
-  --tokens 8192 --dtype bf16 --iters 20 --warmup 5 --queue --trace "$LOGDIR/trace_default.json"
-for t in ws default; do
-  [ -f "$LOGDIR/trace_$t.log" ] && grep -o '"phases":"[^"]*"' "$LOGDIR/trace_$t.log" | head -"$W" | sed "s/^/[$t] /" >>"$LOGDIR/trace.txt"
+# Traces: each variant at each of TRACE_TOKENS, summarised per rank by
+# scripts/trace-summary.py (the GEMM window: blocks in tasks, waiting for one,
+# or neither; blocks in a task over time) before the large files are removed.
+for v in $VARIANTS; do
+  has trace || break
+  set -- ${v/:/ }
+  variant "$1" "$2"
+  for t in $TRACE_TOKENS; do
+    name="trace_$1_f$2_t$t"
+    run "$name" 300 env "${envs[@]}" "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${paper[@]}" \
+      --tokens "$t" --dtype bf16 --iters 20 --warmup 5 --queue --trace "$LOGDIR/$name.json"
+    {
+      echo "[$1 f$2 T=$t]"
+      grep -o '"phases":"[^"]*"' "$LOGDIR/$name.log" | head -"$W"
+      for f in "$LOGDIR/$name".rank*.json; do
+        [ -f "$f" ] && python3 scripts/trace-summary.py --bins "$TRACE_BINS" "$f" | grep -E '^(gemm|blocks|wait|combine|dispatch|decode)'
+      done
+    } >>"$LOGDIR/trace.txt" 2>&1
+    rm -f "$LOGDIR/$name".rank*.json  # large; summarised above
+  done
 done
-rm -f "$LOGDIR"/trace_*.rank*.json  # large; their phase lines are in trace.txt
 
-[ -f "$LOGDIR/trace.txt" ] && { echo "traces (T=8192):"; cat "$LOGDIR/trace.txt"; }
+[ -f "$LOGDIR/trace.txt" ] && { echo "traces:"; cat "$LOGDIR/trace.txt"; }
 [ -f "$LOGDIR/ab.txt" ] && { echo "a/b (p50 us is column 10):"; cat "$LOGDIR/ab.txt"; }
 printf '%s\n' "${ROWS[@]}"
 [ "$fails" -eq 0 ] && echo "ws-ab: all passed" || echo "ws-ab: $fails failed"

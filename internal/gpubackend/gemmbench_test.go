@@ -45,11 +45,15 @@ func TestGemmPhaseThroughput(t *testing.T) {
 	b := openOneRank(t)
 	defer closeBackend(t, b)
 	for rep := 0; rep < 2; rep++ {
+		// 8 experts x 2048 rows: the forward's GEMM0 at W = 4; 32 x 512: at
+		// W = 1 (a weight slab serves 4 row tiles, not 16), the same FLOPs.
 		for _, tc := range []struct {
-			tile    GemmTile
-			sources int
-		}{{GemmTC, 1}, {GemmWS, 1}, {GemmWide, 1}, {GemmTC, 4}, {GemmWS, 4}} {
-			c := GemmCase{Tile: tc.tile, Experts: 8, Rows: 2048, N: 2048, K: 2048, Sources: tc.sources, Seed: uint64(400 + rep),
+			tile          GemmTile
+			sources       int
+			experts, rows int
+		}{{GemmTC, 1, 8, 2048}, {GemmWS, 1, 8, 2048}, {GemmWide, 1, 8, 2048}, {GemmTC, 4, 8, 2048}, {GemmWS, 4, 8, 2048},
+			{GemmTC, 1, 32, 512}, {GemmWS, 1, 32, 512}} {
+			c := GemmCase{Tile: tc.tile, Experts: tc.experts, Rows: tc.rows, N: 2048, K: 2048, Sources: tc.sources, Seed: uint64(400 + rep),
 				Warmup: 3, Iters: 20, CheckEvery: 61}
 			r, err := b.GemmBench(c)
 			if err != nil {
