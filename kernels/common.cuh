@@ -117,7 +117,7 @@ __device__ __forceinline__ bool tc_mode(const MoeParams& p) { return p.dtype != 
 // per local expert from all sources together on average (T k W <= E 128),
 // so that a weight slab serves about one row tile (pooled, at W >= 2) and
 // nothing re-reads it soon. The weight loads of its WS tiles (W = 1) and its
-// pooled tiles (W >= 2) then go evict-first in L2 (gemm_tc.cuh
+// gathered tiles (pooled at W >= 2) then go evict-first in L2 (gemm_tc.cuh
 // l2_evict_first), so that streamed weights no longer push out what the
 // forward reads again. Measured (docs/benchmarks.md, ninth session): -15 to
 // -19 % at T = 128 on 4 GPUs; where a slab serves two row tiles (T = 1024,

@@ -359,9 +359,10 @@ struct TcArgs {
   // caller sets them: the cp.async loader.
   uint64_t tmap = 0;
   int arow0 = 0, brow0 = 0;
-  // The forward streams its weights (weights_streamed): a gathered (pooled)
-  // tile, the tiles of such forwards at W >= 2, loads B evict-first in L2
-  // (l2_evict_first). Other tiles ignore it (their code unchanged).
+  // The forward streams its weights (weights_streamed): a gathered tile
+  // (pooled at W >= 2, or the own rows read from x: LOCAL_GATHER) loads B
+  // evict-first in L2 (l2_evict_first). Other tiles ignore it (their code
+  // unchanged).
   int bstream = 0;
 };
 constexpr int kTmapBytes = MOE_TMAP_WORDS * 8;

@@ -2,7 +2,7 @@
 # The MOE_WS build (one block per SM with a producer warpgroup, 128 x 256
 # bf16 tiles: kernels/gemm_ws.cuh) against the default build, on one machine
 # in one call: correctness on W = 2 and W, bitwise equality of outputs with
-# the default cubin, then the paper-shape A/B and a trace of the WS build.
+# the default cubin, then the paper-shape A/B and a trace of each variant.
 # Each build runs alone here (the default with MOERUN_WS_CUBIN=off); VARIANTS
 # word "auto" runs the embedded pair as `moerun` does by default (each
 # forward on the kernel that suits it); "base" the embedded default kernel
@@ -108,7 +108,7 @@ for v in $VARIANTS; do
       echo "[$1 f$2 T=$t]"
       grep -o '"phases":"[^"]*"' "$LOGDIR/$name.log" | head -"$W"
       for f in "$LOGDIR/$name".rank*.json; do
-        [ -f "$f" ] && python3 scripts/trace-summary.py --bins "$TRACE_BINS" "$f" | grep -E '^(gemm|blocks|wait|combine|dispatch|decode)'
+        [ -f "$f" ] && python3 scripts/trace-summary.py --bins "$TRACE_BINS" "$f" | grep -E '^(rank|gemm|blocks|wait|combine|dispatch|decode)'
       done
     } >>"$LOGDIR/trace.txt" 2>&1
     rm -f "$LOGDIR/$name".rank*.json  # large; summarised above
