@@ -2,8 +2,9 @@
 //
 // Phase 1 (gate_gemm): tiles of 64 tokens x 64 experts x (H / ksplit),
 // strided over the blocks; each tile writes its partial sums to
-// logits_part[split]. The K split gives the gate enough tiles to occupy the
-// grid when T*E is small; the partials are added in split order (fixed), so
+// logits_part[split] ([split][T][E]: split s of token t at (s T + t) E).
+// The K split gives the gate enough tiles to occupy the grid when T*E is
+// small; the partials are added in split order (fixed), so
 // the result is deterministic.
 // Phase 2 (gate_topk), after a grid barrier: one warp per token sums the
 // partials into logits, takes the softmax (max and sum by fixed butterflies)
@@ -46,7 +47,7 @@ __device__ inline void gate_gemm_t(Ctx& c) {
     g.bvec = false;
     float acc[1][4][4];
     gemm_tile(g, s, acc);
-    float* dst = part + (static_cast<int64_t>(split) * p.max_tokens + static_cast<int64_t>(mt) * kTileM) * E +
+    float* dst = part + (static_cast<int64_t>(split) * T + static_cast<int64_t>(mt) * kTileM) * E +
                  nt * kTileN;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -108,7 +109,7 @@ __device__ inline void gate_gemm_tc(Ctx& c) {
     tc_tile_stage<MmaBF16, 1>(g, c.phase, kOpNone, nullptr);
     block_sync();
     const int e0 = nt * kGateGroup, ne = min(kGateGroup, E - e0);
-    float* dst = part + (static_cast<int64_t>(split) * p.max_tokens + static_cast<int64_t>(mt) * kTcTileM) * E + e0;
+    float* dst = part + (static_cast<int64_t>(split) * T + static_cast<int64_t>(mt) * kTcTileM) * E + e0;
     for (int i = threadIdx.x; i < g.mrows * kGateGroup; i += kThreads) {
       const int r = i / kGateGroup, e = i % kGateGroup;
       if (e < ne) {
@@ -152,7 +153,7 @@ __device__ inline void gate_topk(Ctx& c) {
   float* logits = reinterpret_cast<float*>(p.logits);
   int* tidx = reinterpret_cast<int*>(p.topk_idx);
   float* tw = reinterpret_cast<float*>(p.topk_w);
-  const int64_t pstride = static_cast<int64_t>(p.max_tokens) * E;
+  const int64_t pstride = static_cast<int64_t>(T) * E;  // split s of token t: part[(s T + t) E + e]
   const uint64_t t0 = threadIdx.x == 0 ? globaltimer() : 0;
   bool worked = false;
   for (int t = gwarp; t < T; t += nwarps) {

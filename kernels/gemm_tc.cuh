@@ -67,6 +67,8 @@
 
 #include <cuda_bf16.h>
 
+#include <type_traits>
+
 #include "gemm.cuh"
 
 #ifndef MOE_TC_WGMMA
@@ -662,19 +664,38 @@ __host__ __device__ constexpr int tc_out_cols() {
 }
 
 // The epilogue's arithmetic of a column pair (col, col + 1) of one row:
-// + bias (read for columns < ncols only; null: none), then op (relu, gelu or
+// + bias (read for columns < ncols only; null: none), then kOp (relu, gelu or
 // none). Shared by every tensor-core epilogue, so that they round alike.
-__device__ __forceinline__ void tc_bias_op(float& v0, float& v1, int op, const float* bias, int col, int ncols) {
+template <int kOp>
+__device__ __forceinline__ void tc_bias_op(float& v0, float& v1, const float* bias, int col, int ncols) {
   if (bias != nullptr && col < ncols) {
     v0 += __ldg(bias + col);
     v1 += __ldg(bias + col + 1);
   }
-  if (op == kOpReLU) {
+  if constexpr (kOp == kOpReLU) {
     v0 = act_relu(v0);
     v1 = act_relu(v1);
-  } else if (op == kOpGeLU) {
+  } else if constexpr (kOp == kOpGeLU) {
     v0 = act_gelu(v0);
     v1 = act_gelu(v1);
+  }
+}
+
+// Runs body(std::integral_constant<int, op>{}) for op kOpNone, kOpReLU or
+// kOpGeLU (anything else: kOpNone). The epilogues unroll a loop over every
+// accumulator; with the op chosen inside that loop, the code of one op is
+// spread over the whole unrolled loop between the other ops' bodies (gelu's
+// tanhf is large), so that a tile's first epilogue on an SM fetches ~40 KB of
+// instructions, line by line, to run a few KB of them. Chosen once, each
+// op's loop is one straight run of code.
+template <class Body>
+__device__ __forceinline__ void tc_with_op(int op, Body&& body) {
+  if (op == kOpReLU) {
+    body(std::integral_constant<int, kOpReLU>{});
+  } else if (op == kOpGeLU) {
+    body(std::integral_constant<int, kOpGeLU>{});
+  } else {
+    body(std::integral_constant<int, kOpNone>{});
   }
 }
 
@@ -689,25 +710,40 @@ __device__ __forceinline__ void tc_bias_op(float& v0, float& v1, int op, const f
 // accumulator index + 8 in both layouts.
 template <int NB>
 __device__ __forceinline__ void tc_stage(const float (&acc)[kTcAcc], float* cs, int op, const float* bias, int ncols) {
+  if constexpr (NB == 2) {
+    // The op chosen once, as tc_with_op does for NB 1.
+    auto pairs = [&](auto swiglu) {
 #pragma unroll
-  for (int i = 0; i < kTcAcc; i += 2) {
-    const TcPos pos = tc_acc_pos(i);  // i even: columns col, col + 1
-    float v0 = acc[i], v1 = acc[i + 1];
-    if (NB == 2) {
-      if (pos.col & 16) continue;  // an up tile: read with its gate tile
-      const int col = (pos.col >> 5) * 16 + (pos.col & 15);
-      float* dst = cs + pos.row * kTcCsStride + col;
-      const float u0 = acc[i + 8], u1 = acc[i + 9];
-      if (op == kOpSwiGLU) {
-        *reinterpret_cast<float2*>(dst) = make_float2(act_silu_fast(v0) * u0, act_silu_fast(v1) * u1);
-      } else {
-        *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
-        *reinterpret_cast<float2*>(dst + kTcTileN / 2) = make_float2(u0, u1);
+      for (int i = 0; i < kTcAcc; i += 2) {
+        const TcPos pos = tc_acc_pos(i);  // i even: columns col, col + 1
+        if (pos.col & 16) continue;       // an up tile: read with its gate tile
+        const int col = (pos.col >> 5) * 16 + (pos.col & 15);
+        float* dst = cs + pos.row * kTcCsStride + col;
+        const float v0 = acc[i], v1 = acc[i + 1];
+        const float u0 = acc[i + 8], u1 = acc[i + 9];
+        if constexpr (decltype(swiglu)::value) {
+          *reinterpret_cast<float2*>(dst) = make_float2(act_silu_fast(v0) * u0, act_silu_fast(v1) * u1);
+        } else {
+          *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+          *reinterpret_cast<float2*>(dst + kTcTileN / 2) = make_float2(u0, u1);
+        }
       }
+    };
+    if (op == kOpSwiGLU) {
+      pairs(std::true_type{});
     } else {
-      tc_bias_op(v0, v1, op, bias, pos.col, ncols);
-      *reinterpret_cast<float2*>(cs + pos.row * kTcCsStride + pos.col) = make_float2(v0, v1);
+      pairs(std::false_type{});
     }
+  } else {
+    tc_with_op(op, [&](auto kop) {
+#pragma unroll
+      for (int i = 0; i < kTcAcc; i += 2) {
+        const TcPos pos = tc_acc_pos(i);  // i even: columns col, col + 1
+        float v0 = acc[i], v1 = acc[i + 1];
+        tc_bias_op<decltype(kop)::value>(v0, v1, bias, pos.col, ncols);
+        *reinterpret_cast<float2*>(cs + pos.row * kTcCsStride + pos.col) = make_float2(v0, v1);
+      }
+    });
   }
 }
 

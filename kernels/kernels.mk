@@ -58,7 +58,9 @@ NVCC_FLAGS := -rdc=true -gencode arch=$(subst sm_,compute_,$(KERNEL_ARCH)),code=
 
 .PHONY: kernels kernels-ws kernels-sass kernels-probe kernels-info kernels-clean kernels-check-toolchain
 
-kernels: $(KERNEL_CUBIN) $(KERNELS_DIR)/moerun.cubin
+# The default build also refreshes kernels/moerun.cubin (what -tags cubin
+# embeds); a variant build (BUILD=build/x) leaves it alone.
+kernels: $(KERNEL_CUBIN) $(if $(filter build,$(BUILD)),$(KERNELS_DIR)/moerun.cubin)
 
 kernels-check-toolchain:
 	@test -x "$(NVCC)" || { echo "kernels: no nvcc found (CUDA_HOME='$(CUDA_HOME)'); set CUDA_HOME, install CUDA, or create $(VENV) with nvidia-cuda-nvcc" >&2; exit 1; }

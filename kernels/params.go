@@ -33,7 +33,7 @@ const (
 	SIMTPhaseBytes = 33792
 	MaxWorld       = 64   // MOE_MAX_WORLD
 	MaxTopK        = 32   // MOE_MAX_TOPK
-	GateMaxSplit   = 4    // MOE_GATE_MAX_SPLIT
+	GateMaxSplit   = 16   // MOE_GATE_MAX_SPLIT
 	MaxExperts     = 4096 // MOE_MAX_EXPERTS
 	ShapeMultiple  = 64   // MOE_SHAPE_MULTIPLE: H and I must be multiples of it
 

@@ -49,7 +49,7 @@
 #define MOE_SIMT_PHASE_BYTES 33792
 #define MOE_MAX_WORLD 64         /* ranks the kernel's tables can hold */
 #define MOE_MAX_TOPK 32          /* largest k the gate supports */
-#define MOE_GATE_MAX_SPLIT 4     /* largest K split of the gate GEMM */
+#define MOE_GATE_MAX_SPLIT 16    /* largest K split of the gate GEMM */
 #define MOE_MAX_EXPERTS 4096     /* largest E (shared-memory prefix table) */
 #define MOE_SHAPE_MULTIPLE 64    /* H and I must be multiples of this */
 
@@ -198,7 +198,7 @@ typedef struct MoeParams {
     uint64_t x;           /* [max_tokens][H] input, storage dtype (f32 / bf16) */
     uint64_t out;         /* [max_tokens][H] f32 output */
     uint64_t logits;      /* [max_tokens][E] f32 */
-    uint64_t logits_part; /* [gate_ksplit][max_tokens][E] f32: partial gate sums */
+    uint64_t logits_part; /* [gate_ksplit][tokens][E] f32: partial gate sums (room for GATE_MAX_SPLIT x max_tokens x E) */
     uint64_t topk_idx;    /* [max_tokens][k] i32 */
     uint64_t topk_w;      /* [max_tokens][k] f32 */
     uint64_t gate_w;      /* [H][E] f32 (every mode) */

@@ -77,7 +77,7 @@ type Layout struct {
 	X          Region // [MaxTokens][H] ElemSize
 	Out        Region // [MaxTokens][H] f32
 	Logits     Region // [MaxTokens][E] f32
-	LogitsPart Region // [GateMaxSplit][MaxTokens][E] f32
+	LogitsPart Region // [GateMaxSplit][MaxTokens][E] f32: a forward's [split][T][E]
 	TopKIdx    Region // [MaxTokens][k] i32
 	TopKW      Region // [MaxTokens][k] f32
 	RouteList  Region // [E][MaxTokens] i32

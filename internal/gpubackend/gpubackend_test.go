@@ -55,6 +55,9 @@ func TestGateSplit(t *testing.T) {
 	if ks := gateSplit(8192, 32, 2048, 264, true); ks != 4 {
 		t.Errorf("tc T=8192 E=32: 64 tiles: split %d, want 4", ks)
 	}
+	if ks := gateSplit(128, 32, 2048, 264, true); ks != kernels.GateMaxSplit {
+		t.Errorf("tc T=128 E=32: one tile: split %d, want %d", ks, kernels.GateMaxSplit)
+	}
 	if ks := gateSplit(65536, 32, 2048, 264, true); ks != 1 {
 		t.Errorf("tc 512 tiles: split %d, want 1", ks)
 	}
