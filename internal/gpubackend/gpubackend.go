@@ -773,23 +773,23 @@ func (b *Backend) gateTC(d config.DType) bool {
 	return d == config.BF16 && b.flags&kernels.FlagGateTC != 0
 }
 
-// gateSplit is the K split of the gate GEMM: the smallest power of two that
-// gives the grid enough tiles, at most GateMaxSplit, H/split a multiple of
-// the tile's K step (SIMT: TileK; tensor-core gate (tc): 64 bf16). Tiles:
-// SIMT TileM tokens x TileN experts; tensor-core TCTileM tokens x
-// GateTCGroup experts. Past a split of gateSplitWave, a split is taken only
-// when all its tiles fit one wave of the grid. Small forwards split most: a
-// gate tile's time is mostly the latency of its K steps, not their bytes
-// (T = 128: one row tile, 16 tiles of 2 K steps each).
+// gateSplit is the K split of the gate GEMM: the largest power of two whose
+// tiles fit one wave of the grid (1 when the tiles alone fill it), at most
+// GateMaxSplit, H/split a multiple of the tile's K step (SIMT: TileK;
+// tensor-core gate (tc): 64 bf16). Tiles: SIMT TileM tokens x TileN experts;
+// tensor-core TCTileM tokens x GateTCGroup experts. A gate tile takes a
+// fixed ~9 us (its first code, its epilogue) plus ~1 us a K step (2x H200,
+// benchmarks.md, tenth session), so one wave of longer tiles beats two waves
+// of shorter ones, and small forwards split most (T = 128: one row tile, 16
+// tiles of 2 K steps each).
 func gateSplit(tokens, experts, hidden, grid int, tc bool) int {
-	const gateSplitWave = 4 // the largest split before GateMaxSplit was raised to 16: its rule unchanged
 	tm, tn, kstep := kernels.TileM, kernels.TileN, kernels.TileK
 	if tc {
 		tm, tn, kstep = kernels.TCTileM, kernels.GateTCGroup, kernels.TCKBytes/2
 	}
 	tiles := ((tokens + tm - 1) / tm) * ((experts + tn - 1) / tn)
 	ks := 1
-	for ks < kernels.GateMaxSplit && tiles*ks < grid && hidden%(2*ks*kstep) == 0 && (ks < gateSplitWave || 2*ks*tiles <= grid) {
+	for ks < kernels.GateMaxSplit && 2*ks*tiles <= grid && hidden%(2*ks*kstep) == 0 {
 		ks *= 2
 	}
 	return ks

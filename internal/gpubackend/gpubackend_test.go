@@ -36,8 +36,8 @@ func TestSymmetricSizeFromEnv(t *testing.T) {
 }
 
 func TestGateSplit(t *testing.T) {
-	if ks := gateSplit(8192, 32, 2048, 264, false); ks != 4 {
-		t.Errorf("T=8192 E=32: 128 tiles for a 264-block grid: split %d, want 4", ks)
+	if ks := gateSplit(8192, 32, 2048, 264, false); ks != 2 {
+		t.Errorf("T=8192 E=32: 128 tiles for a 264-block grid: split %d, want 2 (one wave)", ks)
 	}
 	if ks := gateSplit(65536, 64, 2048, 264, false); ks != 1 {
 		t.Errorf("1024 tiles: split %d, want 1", ks)
@@ -54,6 +54,12 @@ func TestGateSplit(t *testing.T) {
 	// Tensor-core gate: 128-token x 32-expert tiles, K steps of 64.
 	if ks := gateSplit(8192, 32, 2048, 264, true); ks != 4 {
 		t.Errorf("tc T=8192 E=32: 64 tiles: split %d, want 4", ks)
+	}
+	if ks := gateSplit(8192, 32, 2048, 132, true); ks != 2 {
+		t.Errorf("tc T=8192 E=32 on 132 blocks (the WS grid): split %d, want 2 (one wave)", ks)
+	}
+	if ks := gateSplit(4096, 32, 2048, 264, true); ks != 8 {
+		t.Errorf("tc T=4096 E=32: 32 tiles: split %d, want 8", ks)
 	}
 	if ks := gateSplit(128, 32, 2048, 264, true); ks != kernels.GateMaxSplit {
 		t.Errorf("tc T=128 E=32: one tile: split %d, want %d", ks, kernels.GateMaxSplit)
