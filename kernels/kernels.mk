@@ -8,6 +8,7 @@
 #     make -f kernels/kernels.mk kernels-info   # the toolchain it found
 #     make -f kernels/kernels.mk kernels-ws     # build/ws/moerun.cubin: the MOE_WS build (below)
 #     make -f kernels/kernels.mk kernels-probe  # ptxas report and MMA loops of kernels/tools/ws_probe.cu (compile only)
+#     make -f kernels/kernels.mk kernels-weight-stream  # build/tools/weight_stream (kernels/tools/weight_stream.cu), for the GPU
 #     make -f kernels/kernels.mk kernels-clean
 #
 # Inputs (all optional; environment or command line):
@@ -56,7 +57,7 @@ KERNEL_CUBIN := $(BUILD)/moerun.cubin
 NVCC_FLAGS := -rdc=true -gencode arch=$(subst sm_,compute_,$(KERNEL_ARCH)),code=$(KERNEL_ARCH) -O3 -std=c++17 -lineinfo \
 	-I$(NVSHMEM_HOME)/include -I$(KERNELS_DIR) -Xptxas -v $(NVCC_EXTRA)
 
-.PHONY: kernels kernels-ws kernels-sass kernels-probe kernels-info kernels-clean kernels-check-toolchain
+.PHONY: kernels kernels-ws kernels-sass kernels-probe kernels-weight-stream kernels-info kernels-clean kernels-check-toolchain
 
 # The default build also refreshes kernels/moerun.cubin (what -tags cubin
 # embeds); a variant build (BUILD=build/x) leaves it alone.
@@ -128,6 +129,13 @@ kernels-probe: kernels-check-toolchain
 		PATH=$$(dirname $$NVDISASM):$$PATH $$CUOBJDUMP -sass $(BUILD)/probe/ws_probe.cubin > $(BUILD)/probe/ws_probe.sass && \
 		python3 $(KERNELS_DIR)/tools/sass_loops.py $(BUILD)/probe/ws_probe.sass; \
 	else echo "kernels-probe: no SASS summary (cuobjdump and nvdisasm are both needed)"; fi
+
+# The weight-stream benchmark (kernels/tools/weight_stream.cu): an executable
+# for the GPU machine, build/tools/weight_stream.
+kernels-weight-stream: kernels-check-toolchain
+	@mkdir -p $(BUILD)/tools
+	$(NVCC) -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 $(KERNELS_DIR)/tools/weight_stream.cu \
+		-L$(CUDA_HOME)/lib -o $(BUILD)/tools/weight_stream
 
 kernels-clean:
 	rm -rf $(BUILD)/ws $(BUILD)/kernels $(KERNEL_CUBIN) $(BUILD)/ptxas.txt $(BUILD)/moerun.sass $(BUILD)/moerun.res $(KERNELS_DIR)/moerun.cubin
