@@ -48,10 +48,12 @@ __device__ __forceinline__ int dispatch_blocks(const MoeParams& p) {
 }
 
 // One row: 16-byte vectors of the warp, tf32 rounding in tf32 mode. A lane
-// issues the loads of kCopyBatch vectors before their stores: the copy is
-// bound by the bytes in flight (one 4 KB bf16 row a warp: 8 vectors a lane,
-// all in flight; the loop as written, which the compiler unrolled by 4, kept
-// half of that and copied at ~1.7 TB/s: traces, 2x H200, tenth session).
+// issues the loads of kCopyBatch vectors before their stores (a 4 KB bf16
+// row: all 8 of a lane's vectors in flight; the plain loop, which the
+// compiler unrolled by 4, kept half of that). Measured (2x H200, T = 8192,
+// docs/benchmarks.md, tenth session): the own-row copy at W = 1 36 -> 32 us
+// (3.7 -> 4.2 TB/s of reads and writes); the copy to a peer is bound by
+// NVLink either way.
 constexpr int kCopyBatch = 8;
 __device__ __forceinline__ void copy_row(const uint4* src, uint4* dst, int vecs, bool tf32, int lane) {
   for (int v0 = lane; v0 < vecs; v0 += 32 * kCopyBatch) {

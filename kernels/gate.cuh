@@ -4,8 +4,8 @@
 // strided over the blocks; each tile writes its partial sums to
 // logits_part[split] ([split][T][E]: split s of token t at (s T + t) E).
 // The K split gives the gate enough tiles to occupy the grid when T*E is
-// small; the partials are added in split order (fixed), so
-// the result is deterministic.
+// small (the host's gateSplit); the partials are added in split order
+// (fixed), so the result is deterministic.
 // Phase 2 (gate_topk), after a grid barrier: one warp per token sums the
 // partials into logits, takes the softmax (max and sum by fixed butterflies)
 // and selects the top k by probability, ties to the lower expert index.

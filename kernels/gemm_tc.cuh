@@ -683,11 +683,13 @@ __device__ __forceinline__ void tc_bias_op(float& v0, float& v1, const float* bi
 
 // Runs body(std::integral_constant<int, op>{}) for op kOpNone, kOpReLU or
 // kOpGeLU (anything else: kOpNone). The epilogues unroll a loop over every
-// accumulator; with the op chosen inside that loop, the code of one op is
+// accumulator; with the op chosen inside that loop, the code of one op lay
 // spread over the whole unrolled loop between the other ops' bodies (gelu's
-// tanhf is large), so that a tile's first epilogue on an SM fetches ~40 KB of
-// instructions, line by line, to run a few KB of them. Chosen once, each
-// op's loop is one straight run of code.
+// tanhf is large), and a tile's epilogue fetched ~40 KB of instructions, line
+// by line, to run a few KB of them whenever the SM's instruction caches did
+// not hold them: every bf16 forward ran 9-20 % slower for it
+// (docs/benchmarks.md, tenth session). Chosen once, each op's loop is one
+// straight run of code.
 template <class Body>
 __device__ __forceinline__ void tc_with_op(int op, Body&& body) {
   if (op == kOpReLU) {

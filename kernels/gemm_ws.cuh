@@ -259,12 +259,13 @@ __device__ __forceinline__ WsPos ws_acc_pos(int i) {
 // op(acc + bias[c]) of a consumer's 64 x kWsTileN accumulators as bf16 at
 // dst[r * ld + c] (r: the row within the consumer's 64), rounded as
 // tc_copy_out rounds the default tiles' staged fp32; bias read for columns
-// < ncols only (null: none): tc_bias_op, the op chosen once (tc_with_op). Users: the forward's staging below
-// and the GEMM benchmark's epilogue (gemm_bench_ws.cu).
+// < ncols only (null: none): tc_bias_op, the op chosen once (tc_with_op).
+// Users: the forward's staging below and the GEMM benchmark's epilogue
+// (gemm_bench_ws.cu).
 template <class Ld>
 __device__ __forceinline__ void ws_store_bf16(const float (&acc)[kWsAcc], __nv_bfloat16* dst, Ld ld, int op,
                                               const float* bias, int ncols) {
-  tc_with_op(op, [&](auto kop) {  // op chosen once: one straight run of code per op (tc_with_op)
+  tc_with_op(op, [&](auto kop) {
 #pragma unroll
     for (int i = 0; i < kWsAcc; i += 2) {
       const WsPos pos = ws_acc_pos(i);

@@ -138,4 +138,4 @@ kernels-weight-stream: kernels-check-toolchain
 		-L$(CUDA_HOME)/lib -o $(BUILD)/tools/weight_stream
 
 kernels-clean:
-	rm -rf $(BUILD)/ws $(BUILD)/kernels $(KERNEL_CUBIN) $(BUILD)/ptxas.txt $(BUILD)/moerun.sass $(BUILD)/moerun.res $(KERNELS_DIR)/moerun.cubin
+	rm -rf $(BUILD)/ws $(BUILD)/kernels $(BUILD)/tools $(KERNEL_CUBIN) $(BUILD)/ptxas.txt $(BUILD)/moerun.sass $(BUILD)/moerun.res $(KERNELS_DIR)/moerun.cubin
