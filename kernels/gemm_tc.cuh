@@ -687,7 +687,7 @@ __device__ __forceinline__ void tc_bias_op(float& v0, float& v1, const float* bi
 // spread over the whole unrolled loop between the other ops' bodies (gelu's
 // tanhf is large), and a tile's epilogue fetched ~40 KB of instructions, line
 // by line, to run a few KB of them whenever the SM's instruction caches did
-// not hold them: every bf16 forward ran 9-20 % slower for it
+// not hold them: bf16 relu and gelu forwards ran 8-20 % slower for it
 // (docs/benchmarks.md, tenth session). Chosen once, each op's loop is one
 // straight run of code.
 template <class Body>
