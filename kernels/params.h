@@ -198,7 +198,7 @@ typedef struct MoeParams {
     uint64_t x;           /* [max_tokens][H] input, storage dtype (f32 / bf16) */
     uint64_t out;         /* [max_tokens][H] f32 output */
     uint64_t logits;      /* [max_tokens][E] f32 */
-    uint64_t logits_part; /* [gate_ksplit][tokens][E] f32: partial gate sums (room for GATE_MAX_SPLIT x max_tokens x E) */
+    uint64_t logits_part; /* [gate_ksplit][tokens][E] f32: partial gate sums (the host keeps split x tokens within it) */
     uint64_t topk_idx;    /* [max_tokens][k] i32 */
     uint64_t topk_w;      /* [max_tokens][k] f32 */
     uint64_t gate_w;      /* [H][E] f32 (every mode) */

@@ -29,6 +29,13 @@ import (
 // stores and for 128-byte cache lines, with room to spare.
 const Align = 256
 
+// The gate's partial sums (Layout.GatePartRows): room for gatePartSplits
+// splits of every token, and GateMaxSplit of up to gatePartSmallTokens.
+const (
+	gatePartSplits      = 4
+	gatePartSmallTokens = 2048
+)
+
 // Region is one buffer: its byte offset from its arena's base and its size.
 type Region struct {
 	Name string
@@ -59,8 +66,16 @@ type Layout struct {
 	// 2*W*(ceil(RPS/TileM) + E/W): a pooled small forward keeps its
 	// per-source tiles, reordered, after them (kernels/expert.cuh pool_tiles).
 	MaxRowTiles int
-	ElemSize    uint64 // bytes of a stored token / weight / intermediate element (4; 2 in bf16)
-	RetElemSize uint64 // bytes of a returned-row element (4; 2 in bf16)
+
+	// GatePartRows is the capacity of the gate's partial sums (LogitsPart) in
+	// rows of E floats: a forward of T tokens whose gate splits K ks ways uses
+	// ks*T of them (internal/gpubackend gateSplit keeps within it). Every row
+	// four times, and up to gatePartSmallTokens rows GateMaxSplit times: the
+	// splits past four serve small forwards only (one wave of gate tiles), so
+	// that the buffer does not grow GateMaxSplit-fold with MaxTokens.
+	GatePartRows int
+	ElemSize     uint64 // bytes of a stored token / weight / intermediate element (4; 2 in bf16)
+	RetElemSize  uint64 // bytes of a returned-row element (4; 2 in bf16)
 
 	// Symmetric heap (same offsets on every rank).
 	RecvRows    Region // [W][RPS][H] ElemSize, by source
@@ -77,7 +92,7 @@ type Layout struct {
 	X          Region // [MaxTokens][H] ElemSize
 	Out        Region // [MaxTokens][H] f32
 	Logits     Region // [MaxTokens][E] f32
-	LogitsPart Region // [GateMaxSplit][MaxTokens][E] f32: a forward's [split][T][E]
+	LogitsPart Region // [GatePartRows][E] f32: a forward's [split][T][E]
 	TopKIdx    Region // [MaxTokens][k] i32
 	TopKW      Region // [MaxTokens][k] f32
 	RouteList  Region // [E][MaxTokens] i32
@@ -141,6 +156,7 @@ func Plan(cfg config.Layer, world int) (Layout, error) {
 	}
 	p.RowsPerSource = cfg.MaxTokens * min(cfg.TopK, el)
 	p.MaxRowTiles = 2 * world * (ceilDiv(p.RowsPerSource, kernels.TileM) + el)
+	p.GatePartRows = max(gatePartSplits*cfg.MaxTokens, kernels.GateMaxSplit*min(cfg.MaxTokens, gatePartSmallTokens))
 
 	w, t, h, i, e, k := u(world), u(cfg.MaxTokens), u(cfg.Hidden), u(cfg.FFNHidden), u(cfg.Experts), u(cfg.TopK)
 	rps, lel, es := u(p.RowsPerSource), u(el), p.ElemSize
@@ -160,7 +176,7 @@ func Plan(cfg config.Layer, world int) (Layout, error) {
 	p.X = loc.add("x", t*h*es)
 	p.Out = loc.add("out", t*h*4)
 	p.Logits = loc.add("logits", t*e*4)
-	p.LogitsPart = loc.add("logits_part", kernels.GateMaxSplit*t*e*4)
+	p.LogitsPart = loc.add("logits_part", u(p.GatePartRows)*e*4)
 	p.TopKIdx = loc.add("topk_idx", t*k*4)
 	p.TopKW = loc.add("topk_w", t*k*4)
 	p.RouteList = loc.add("route_list", e*t*4)

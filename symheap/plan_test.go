@@ -63,6 +63,12 @@ func TestPlanSizes(t *testing.T) {
 	if p.Status.Size != uint64(kernels.StatusSize) {
 		t.Errorf("status %d, want %d", p.Status.Size, kernels.StatusSize)
 	}
+	if want := 4 * 8192; p.GatePartRows != want || p.LogitsPart.Size != uint64(want*32*4) {
+		t.Errorf("gate partial sums: %d rows, %d bytes; want %d rows (4 splits of 8192 tokens)", p.GatePartRows, p.LogitsPart.Size, want)
+	}
+	if small, err := Plan(layer(128, 2048, 2048, 32, 2, config.FFNReLU), 4); err != nil || small.GatePartRows != kernels.GateMaxSplit*128 {
+		t.Errorf("max-tokens 128: %d partial-sum rows, want %d (every split) (%v)", small.GatePartRows, kernels.GateMaxSplit*128, err)
+	}
 	if want := 2 * 4 * (16384/64 + 8); p.MaxRowTiles != want {
 		t.Errorf("MaxRowTiles %d, want %d", p.MaxRowTiles, want)
 	}

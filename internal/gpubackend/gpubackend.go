@@ -724,7 +724,7 @@ func (b *Backend) paramsFor(cfg config.Layer, wp weightPtrs) kernels.Params {
 		Experts: int32(lay.Experts), TopK: int32(lay.TopK), World: int32(b.world), Rank: int32(b.rank),
 		ExpertsPerRank: int32(lay.ExpertsPerRank), RowsPerSource: int32(lay.RowsPerSource),
 		Capacity: int32(cfg.Capacity(t)), FFN: ffnCode(cfg.FFN), DType: dtypeCode(cfg.DType), Route: kernels.RouteSoftmax,
-		GateKSplit: int32(gateSplit(t, lay.Experts, lay.Hidden, b.info.Grid, b.gateTC(cfg.DType))), DebugWithholdPeer: int32(b.opt.DebugWithholdPeer),
+		GateKSplit: int32(gateSplit(t, lay.Experts, lay.Hidden, b.info.Grid, lay.GatePartRows, b.gateTC(cfg.DType))), DebugWithholdPeer: int32(b.opt.DebugWithholdPeer),
 		MaxRowTiles: int32(lay.MaxRowTiles), WatchdogNs: uint64(b.opt.Watchdog.Nanoseconds()),
 		HeapBase: sym, OffRecvRows: lay.RecvRows.Off, OffRecvMeta: lay.RecvMeta.Off, OffRecvCounts: lay.RecvCounts.Off,
 		OffRetRows: lay.RetRows.Off, OffSigDispatch: lay.SigDispatch.Off, OffSigReturn: lay.SigReturn.Off,
@@ -753,7 +753,7 @@ func (b *Backend) paramsFor(cfg config.Layer, wp weightPtrs) kernels.Params {
 		// grid), the TMA loads its tiles need, the gate split of its grid.
 		p.Sched = uint64(b.ws.sched)
 		p.Flags |= kernels.FlagTMA
-		p.GateKSplit = int32(gateSplit(t, lay.Experts, lay.Hidden, b.ws.info.Grid, b.gateTC(cfg.DType)))
+		p.GateKSplit = int32(gateSplit(t, lay.Experts, lay.Hidden, b.ws.info.Grid, lay.GatePartRows, b.gateTC(cfg.DType)))
 	}
 	return p
 }
@@ -776,20 +776,21 @@ func (b *Backend) gateTC(d config.DType) bool {
 // gateSplit is the K split of the gate GEMM: the largest power of two whose
 // tiles fit one wave of the grid (1 when the tiles alone fill it), at most
 // GateMaxSplit, H/split a multiple of the tile's K step (SIMT: TileK;
-// tensor-core gate (tc): 64 bf16). Tiles: SIMT TileM tokens x TileN experts;
+// tensor-core gate (tc): 64 bf16), split x tokens within partRows (the
+// layout's GatePartRows). Tiles: SIMT TileM tokens x TileN experts;
 // tensor-core TCTileM tokens x GateTCGroup experts. A gate tile takes a
 // fixed ~9 us (its first code, its epilogue) plus ~1 us a K step (2x H200,
 // benchmarks.md, tenth session), so one wave of longer tiles beats two waves
 // of shorter ones, and small forwards split most (T = 128: one row tile, 16
 // tiles of 2 K steps each).
-func gateSplit(tokens, experts, hidden, grid int, tc bool) int {
+func gateSplit(tokens, experts, hidden, grid, partRows int, tc bool) int {
 	tm, tn, kstep := kernels.TileM, kernels.TileN, kernels.TileK
 	if tc {
 		tm, tn, kstep = kernels.TCTileM, kernels.GateTCGroup, kernels.TCKBytes/2
 	}
 	tiles := ((tokens + tm - 1) / tm) * ((experts + tn - 1) / tn)
 	ks := 1
-	for ks < kernels.GateMaxSplit && 2*ks*tiles <= grid && hidden%(2*ks*kstep) == 0 {
+	for ks < kernels.GateMaxSplit && 2*ks*tiles <= grid && hidden%(2*ks*kstep) == 0 && 2*ks*tokens <= partRows {
 		ks *= 2
 	}
 	return ks

@@ -36,40 +36,87 @@ func TestSymmetricSizeFromEnv(t *testing.T) {
 }
 
 func TestGateSplit(t *testing.T) {
-	if ks := gateSplit(8192, 32, 2048, 264, false); ks != 2 {
+	const room = 1 << 30 // partial-sum rows: no limit from the buffer here (TestGateSplitRoom)
+	if ks := gateSplit(8192, 32, 2048, 264, room, false); ks != 2 {
 		t.Errorf("T=8192 E=32: 128 tiles for a 264-block grid: split %d, want 2 (one wave)", ks)
 	}
-	if ks := gateSplit(65536, 64, 2048, 264, false); ks != 1 {
+	if ks := gateSplit(65536, 64, 2048, 264, room, false); ks != 1 {
 		t.Errorf("1024 tiles: split %d, want 1", ks)
 	}
-	if ks := gateSplit(10, 8, 64, 264, false); ks != 4 || 64%(ks*kernels.TileK) != 0 {
+	if ks := gateSplit(10, 8, 64, 264, room, false); ks != 4 || 64%(ks*kernels.TileK) != 0 {
 		t.Errorf("H=64: split %d, want 4 (H/split = 16 = TileK)", ks)
 	}
-	if ks := gateSplit(10, 8, 96*2, 264, false); 192%(ks*kernels.TileK) != 0 {
+	if ks := gateSplit(10, 8, 96*2, 264, room, false); 192%(ks*kernels.TileK) != 0 {
 		t.Errorf("H=192: split %d leaves H/split not a multiple of TileK", ks)
 	}
-	if ks := gateSplit(0, 8, 2048, 264, false); ks < 1 || ks > kernels.GateMaxSplit {
+	if ks := gateSplit(0, 8, 2048, 264, room, false); ks < 1 || ks > kernels.GateMaxSplit {
 		t.Errorf("T=0: split %d", ks)
 	}
 	// Tensor-core gate: 128-token x 32-expert tiles, K steps of 64.
-	if ks := gateSplit(8192, 32, 2048, 264, true); ks != 4 {
+	if ks := gateSplit(8192, 32, 2048, 264, room, true); ks != 4 {
 		t.Errorf("tc T=8192 E=32: 64 tiles: split %d, want 4", ks)
 	}
-	if ks := gateSplit(8192, 32, 2048, 132, true); ks != 2 {
+	if ks := gateSplit(8192, 32, 2048, 132, room, true); ks != 2 {
 		t.Errorf("tc T=8192 E=32 on 132 blocks (the WS grid): split %d, want 2 (one wave)", ks)
 	}
-	if ks := gateSplit(4096, 32, 2048, 264, true); ks != 8 {
+	if ks := gateSplit(4096, 32, 2048, 264, room, true); ks != 8 {
 		t.Errorf("tc T=4096 E=32: 32 tiles: split %d, want 8", ks)
 	}
-	if ks := gateSplit(128, 32, 2048, 264, true); ks != kernels.GateMaxSplit {
+	if ks := gateSplit(128, 32, 2048, 264, room, true); ks != kernels.GateMaxSplit {
 		t.Errorf("tc T=128 E=32: one tile: split %d, want %d", ks, kernels.GateMaxSplit)
 	}
-	if ks := gateSplit(65536, 32, 2048, 264, true); ks != 1 {
+	if ks := gateSplit(65536, 32, 2048, 264, room, true); ks != 1 {
 		t.Errorf("tc 512 tiles: split %d, want 1", ks)
 	}
 	for _, h := range []int{64, 128, 192, 320, 2048} {
-		if ks := gateSplit(10, 8, h, 264, true); h%(ks*64) != 0 {
+		if ks := gateSplit(10, 8, h, 264, room, true); h%(ks*64) != 0 {
 			t.Errorf("tc H=%d: split %d leaves H/split not a multiple of 64", h, ks)
+		}
+	}
+}
+
+// The gate's split stays within the layout's partial-sum rows, and the
+// layouts of the benchmarks leave the splits measured in the tenth session.
+func TestGateSplitRoom(t *testing.T) {
+	for _, maxT := range []int{1, 128, 2048, 4096, 16384, 65536} {
+		c := config.Default()
+		c.Tokens, c.MaxTokens, c.Hidden, c.FFNHidden, c.Experts, c.TopK = 1, maxT, 2048, 2048, 32, 2
+		lay, err := symheap.Plan(c, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []bool{false, true} {
+			for _, grid := range []int{132, 264, 1024} {
+				for tok := 1; tok <= maxT; tok = tok*2 + 1 {
+					if ks := gateSplit(tok, 32, 2048, grid, lay.GatePartRows, tc); ks*tok > lay.GatePartRows {
+						t.Errorf("max-tokens %d, T=%d, grid %d, tc %v: split %d x T > %d partial-sum rows", maxT, tok, grid, tc, ks, lay.GatePartRows)
+					}
+				}
+			}
+		}
+	}
+	c := config.Default()
+	c.Tokens, c.MaxTokens, c.Hidden, c.FFNHidden, c.Experts, c.TopK = 1, 16384, 2048, 2048, 32, 2
+	lay, err := symheap.Plan(c, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []struct{ tokens, grid, want int }{
+		{128, 264, 16}, {1024, 264, 16}, {4096, 264, 8}, {8192, 264, 4}, {8192, 132, 2}, {16384, 264, 2},
+	} {
+		if ks := gateSplit(w.tokens, 32, 2048, w.grid, lay.GatePartRows, true); ks != w.want {
+			t.Errorf("tc T=%d grid %d, max-tokens 16384: split %d, want %d", w.tokens, w.grid, ks, w.want)
+		}
+	}
+	// A layout for one T: that T's split is not cut by the buffer.
+	for _, w := range []struct{ tokens, want int }{{128, 16}, {2048, 16}, {4096, 8}} {
+		c.MaxTokens = w.tokens
+		lay, err := symheap.Plan(c, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ks := gateSplit(w.tokens, 32, 2048, 264, lay.GatePartRows, true); ks != w.want {
+			t.Errorf("tc T=max-tokens=%d: split %d, want %d", w.tokens, ks, w.want)
 		}
 	}
 }
