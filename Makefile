@@ -6,6 +6,13 @@
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
+# Go's build cache keys a cgo package on the files in its own directory only,
+# so kernels/internal/cparams (which includes ../../params.h) would be reused
+# stale after params.h changes: CI once failed on a constant it had compiled
+# from an older header. A digest of params.h in the cgo flags is part of the
+# cache key, so every edit of the header recompiles what includes it.
+PARAMS_H_SUM := $(shell sha256sum kernels/params.h 2>/dev/null | cut -c1-16)
+export CGO_CPPFLAGS += -DMOE_PARAMS_H_SUM=0x$(PARAMS_H_SUM)
 LDFLAGS  := -X github.com/moerun/moerun/internal/version.Version=$(VERSION)
 BIN      := bin/moerun
 GOFILES  := $(shell find . -name '*.go' -not -path './.venv*' 2>/dev/null)

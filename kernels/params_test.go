@@ -4,6 +4,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -50,9 +51,7 @@ func cFields(t *testing.T) map[string][]string {
 }
 
 func TestLayoutMatchesParamsH(t *testing.T) {
-	if !cparams.Available {
-		t.Skip("no cgo: cannot compile params.h")
-	}
+	requireFreshCparams(t)
 	sizes, offsets := cparams.Sizes(), cparams.Offsets()
 	fields := cFields(t)
 	if len(fields) != len(mirrors) {
@@ -97,10 +96,53 @@ func TestLayoutMatchesParamsH(t *testing.T) {
 	}
 }
 
-func TestConstantsMatchParamsH(t *testing.T) {
+// literalDefines reads the `#define MOE_NAME <integer>` lines of params.h's
+// text, for the constants whose value is a plain decimal literal.
+func literalDefines(t *testing.T) map[string]uint64 {
+	t.Helper()
+	src, err := os.ReadFile("params.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`(?m)^#define (MOE_\w+)\s+(\d+)\s*(?:/\*.*)?$`)
+	out := map[string]uint64{}
+	for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+		v, err := strconv.ParseUint(m[2], 10, 64)
+		if err != nil {
+			t.Fatalf("params.h: %s: %v", m[1], err)
+		}
+		out[m[1]] = v
+	}
+	return out
+}
+
+// requireFreshCparams skips without cgo and fails, with the cause, unless
+// cparams was compiled from the params.h on disk. Go's build cache keys a cgo
+// package on the files of its own directory only, so after an edit of
+// params.h a plain `go test` may reuse cparams compiled from the old header
+// (the Makefile puts a digest of params.h in CGO_CPPFLAGS, which is part of
+// the key); unchecked, the stale table would read as a wrong Go mirror.
+func requireFreshCparams(t *testing.T) {
+	t.Helper()
 	if !cparams.Available {
 		t.Skip("no cgo: cannot compile params.h")
 	}
+	lit := literalDefines(t)
+	if len(lit) < 20 {
+		t.Fatalf("params.h: only %d literal #defines parsed; the pattern no longer matches the header", len(lit))
+	}
+	c := cparams.Consts()
+	for name, v := range lit {
+		if got, ok := c[name]; ok && got != v {
+			t.Fatalf("cparams was compiled from an older params.h (%s = %d there, %d in the file): "+
+				"Go's build cache does not see headers outside a package's directory; run `make test`, "+
+				"or `go clean -cache` and test again", name, got, v)
+		}
+	}
+}
+
+func TestConstantsMatchParamsH(t *testing.T) {
+	requireFreshCparams(t)
 	goConsts := map[string]uint64{
 		"MOE_ABI_VERSION": ABIVersion, "MOE_THREADS": Threads, "MOE_TILE_M": TileM, "MOE_TILE_N": TileN,
 		"MOE_TILE_K":    TileK,
