@@ -207,6 +207,7 @@ func goOptions(o *C.moerun_options) (rank.Options, error) {
 	opts.LocalRank = int(o.local_rank)
 	opts.KeepWeights = o.keep_weights != 0
 	opts.Timeout = time.Duration(o.timeout_ms) * time.Millisecond
+	opts.TimeoutName = "moerun_options.timeout_ms"
 	opts.Watchdog = time.Duration(o.watchdog_ms) * time.Millisecond
 	return opts, nil
 }

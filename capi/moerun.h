@@ -100,8 +100,9 @@ typedef struct moerun_options {
                                 moerun_open takes the launcher's local rank */
     int32_t keep_weights;    /* nonzero: keep a host copy of the weights, for moerun_verify */
     int32_t reserved;        /* 0 */
-    int64_t timeout_ms;      /* bound on every wait for other ranks, MPI start-up included
-                                (past it there, the process exits 1); 0: 60 s */
+    int64_t timeout_ms;      /* bound on every wait for other ranks, MPI start-up and
+                                NVSHMEM's collectives included (past it in those, the
+                                process exits 1); 0: 60 s */
     int64_t watchdog_ms;     /* bound on every wait inside the GPU kernel; 0: its default */
 } moerun_options;
 

@@ -51,6 +51,7 @@
 package rank
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -126,8 +127,14 @@ type Options struct {
 	// Cubin is the kernel image to load instead of the embedded one.
 	Cubin string
 	// Timeout bounds every wait for the other ranks of a job that OpenWithID
-	// connects (0: 60 s). Over MPI, bootstrap.Options.Timeout does this.
+	// connects (0: 60 s; over MPI, bootstrap.Options.Timeout does this), and
+	// on the gpu backend each of NVSHMEM's collective host calls (init, heap
+	// allocation and free, finalize; 0: 60 s), which cannot be abandoned: past
+	// it the process says which call timed out and exits with status 1.
 	Timeout time.Duration
+	// TimeoutName names Timeout in those messages ("" means
+	// "rank.Options.Timeout"; the C ABI says moerun_options.timeout_ms).
+	TimeoutName string
 	// KeepWeights keeps a host copy of every layer's caller-given weights,
 	// which Layer.Verify needs; for tests and small models.
 	KeepWeights bool
@@ -239,6 +246,7 @@ func openGPU(comm Comm, shape config.Layer, opts Options) (backend.Backend, erro
 	}
 	return gpubackend.Open(comm, opts.LocalRank, gpubackend.Options{
 		Cubin: opts.Cubin, Watchdog: opts.Watchdog, DebugWithholdPeer: -1, HeapBytes: lay.SymTotal, Log: log,
+		Timeout: opts.Timeout, TimeoutName: cmp.Or(opts.TimeoutName, "rank.Options.Timeout"),
 	})
 }
 

@@ -38,6 +38,8 @@ func openGPU(world *bootstrap.World, o bench.Options, log zerolog.Logger) (backe
 		HeapBytes:         heap,
 		Graph:             o.Graph,
 		Trace:             o.Trace != "",
+		Timeout:           o.Timeout,
+		TimeoutName:       "--timeout",
 		Log:               log,
 	})
 	if err != nil {

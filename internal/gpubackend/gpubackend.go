@@ -68,7 +68,15 @@ type Options struct {
 	// device buffer (symheap Layout.TraceEvents per block) and a few stores
 	// per task; without it the kernel pays one branch per task.
 	Trace bool
-	Log   zerolog.Logger
+	// Timeout bounds each of the host's NVSHMEM collectives: init, the
+	// symmetric heap's allocation and free, the barrier before the first
+	// launch, finalize (0: transport.DefaultTimeout). They cannot be
+	// abandoned, so past it the process says which call timed out and exits
+	// with status 1 (boundCollective). TimeoutName names the option that set
+	// it in that message ("--timeout"; "" means "Options.Timeout").
+	Timeout     time.Duration
+	TimeoutName string
+	Log         zerolog.Logger
 }
 
 // EnvKernelFlags, when set (an integer), replaces the kernel's switches
@@ -331,7 +339,8 @@ func (b *Backend) startNVSHMEM() error {
 	if err != nil {
 		return fmt.Errorf("NVSHMEM unique id: %w", err)
 	}
-	if err := b.shm.InitWithUniqueID(nvshmem.UniqueID(id), b.rank, b.world); err != nil {
+	b.collective("init", func() { err = b.shm.InitWithUniqueID(nvshmem.UniqueID(id), b.rank, b.world) })
+	if err != nil {
 		return fmt.Errorf("NVSHMEM init (rank %d of %d): %w", b.rank, b.world, err)
 	}
 	b.shmUp = true
@@ -505,7 +514,8 @@ func (b *Backend) allocate(cfg config.Layer, pre error) error {
 		return err
 	}
 	b.prepared = false
-	sym, err := b.shm.Align(4096, lay.SymTotal)
+	var sym cuda.DevicePtr
+	b.collective("symmetric heap allocation (nvshmem_align)", func() { sym, err = b.shm.Align(4096, lay.SymTotal) })
 	if err != nil {
 		return fmt.Errorf("symmetric heap of %s: %w (set NVSHMEM_SYMMETRIC_SIZE to at least %dM)", symheap.Bytes(lay.SymTotal), err, (lay.SymTotal+heapReserve)>>20+1)
 	}
@@ -549,7 +559,7 @@ func (b *Backend) finishFirst(cfg config.Layer, put error) error {
 	if err := agree(b.comm, "upload weights", put); err != nil {
 		return err
 	}
-	b.shm.BarrierAll()
+	b.collective("barrier before the first launch", b.shm.BarrierAll)
 	b.prepared, b.haveLast = true, false
 	b.log.Info().Str("config", cfg.String()).Str("memory", b.layout.String()).Msg("gpu backend prepared")
 	return nil
@@ -1199,7 +1209,7 @@ func (b *Backend) release() error {
 	}
 	b.traceCached, b.traceEvs = false, nil
 	if b.sym != 0 {
-		b.shm.Free(b.sym)
+		b.collective("symmetric heap free (nvshmem_free)", func() { b.shm.Free(b.sym) })
 		b.sym = 0
 	}
 	b.prepared = false
@@ -1268,7 +1278,7 @@ func (b *Backend) Close() error {
 		errs = append(errs, b.drv.ModuleUnload(b.mod))
 	}
 	if b.shmUp {
-		b.shm.HostlibFinalize()
+		b.collective("finalize", b.shm.HostlibFinalize)
 	}
 	if b.ctxHeld {
 		errs = append(errs, b.drv.PrimaryCtxRelease(b.dev))
