@@ -311,6 +311,7 @@ declare -A GS=(
   [gpu-more-ranks-than-gpus]="moerun launch -n <GPUs + 1> -- bench \$G"
   [gpu-two-ranks-one-gpu]="CUDA_VISIBLE_DEVICES=0 moerun launch -n 2 -- bench \$G --experts 4"
   [gpu-watchdog]="$GL \$G --watchdog 2s --debug-withhold-signal 0"
+  [gpu-rank-stuck-in-nvshmem-init]="MOERUN_DEBUG_STOP_BEFORE_NVSHMEM_INIT=1 $GL \$G --timeout 5s (rank 1 stops itself before NVSHMEM's init)"
   [gpu-sigkill-rank-midrun]="$GL \$GF; kill -KILL <rank 1>"
   [gpu-sigint-launch]="$GL \$GF; kill -INT <moerun launch>"
   [gpu-capacity-factor-huge]="$GL \$G --capacity-factor 1e300 --verify (must pass: finding 1)"
@@ -318,7 +319,7 @@ declare -A GS=(
 )
 GPU_CASES=(gpu-no-cubin-anywhere gpu-cubin-missing gpu-cubin-bad-file gpu-cubin-env-missing gpu-nvshmem-lib-missing
   gpu-symmetric-size-too-small gpu-heap-does-not-fit gpu-hidden-not-multiple-64 gpu-more-ranks-than-gpus
-  gpu-two-ranks-one-gpu gpu-watchdog gpu-sigkill-rank-midrun gpu-sigint-launch gpu-capacity-factor-huge gpu-memory-freed)
+  gpu-two-ranks-one-gpu gpu-watchdog gpu-rank-stuck-in-nvshmem-init gpu-sigkill-rank-midrun gpu-sigint-launch gpu-capacity-factor-huge gpu-memory-freed)
 gpu_cases() {
   printf 'not a cubin\n' >"$LOGDIR/bad.cubin"
   if [ $HAVE_GO = 1 ]; then
@@ -351,9 +352,14 @@ gpu_cases() {
   if [ "$GPU_W" -lt 2 ]; then
     want gpu-watchdog && skip gpu-watchdog "${GS[gpu-watchdog]}" "needs 2 GPUs"
     want gpu-sigkill-rank-midrun && skip gpu-sigkill-rank-midrun "${GS[gpu-sigkill-rank-midrun]}" "needs 2 GPUs"
+    want gpu-rank-stuck-in-nvshmem-init && skip gpu-rank-stuck-in-nvshmem-init "${GS[gpu-rank-stuck-in-nvshmem-init]}" "needs 2 GPUs"
   else
     run gpu-watchdog 'watchdog: rank [0-9]+ waited' "${GS[gpu-watchdog]}" -- \
         "$BIN" launch -n "$GPU_W" -- bench "${G[@]}" --watchdog 2s --debug-withhold-signal 0
+    # NVSHMEM's init has no bound of its own: boundCollective ends the
+    # ranks that wait in it for the stopped one.
+    run gpu-rank-stuck-in-nvshmem-init 'NVSHMEM init did not finish within --timeout 5s' "${GS[gpu-rank-stuck-in-nvshmem-init]}" -- \
+        env MOERUN_DEBUG_STOP_BEFORE_NVSHMEM_INIT=1 "$BIN" launch -n "$GPU_W" -- bench "${G[@]}" --timeout 5s
     fault gpu-sigkill-rank-midrun 'rank 1 .*exited on signal 9' "${GS[gpu-sigkill-rank-midrun]}" running rank1 KILL -- \
         "$BIN" launch -n "$GPU_W" -- bench "${GF[@]}"
   fi

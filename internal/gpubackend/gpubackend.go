@@ -85,6 +85,13 @@ type Options struct {
 // loads (kernels.FlagTMA, opt-in), for comparisons.
 const EnvKernelFlags = "MOERUN_KERNEL_FLAGS"
 
+// EnvDebugStopBeforeInit, set to a rank number, makes that rank stop itself
+// (SIGSTOP) after the NVSHMEM unique id has reached every rank and before
+// NVSHMEM's init: a test hook for the bound on NVSHMEM's collectives
+// (boundCollective; scripts/reliability.sh), where a stuck rank would leave
+// the others waiting inside the init.
+const EnvDebugStopBeforeInit = "MOERUN_DEBUG_STOP_BEFORE_NVSHMEM_INIT"
+
 // KernelInfo describes the loaded kernel and its launch geometry.
 type KernelInfo struct {
 	Registers   int    // per thread
@@ -338,6 +345,12 @@ func (b *Backend) startNVSHMEM() error {
 	})
 	if err != nil {
 		return fmt.Errorf("NVSHMEM unique id: %w", err)
+	}
+	if v, ok := os.LookupEnv(EnvDebugStopBeforeInit); ok && v == strconv.Itoa(b.rank) {
+		b.log.Warn().Str("env", EnvDebugStopBeforeInit).Msg("this rank stops itself before NVSHMEM's init (test hook)")
+		if err := stopSelf(); err != nil {
+			return fmt.Errorf("%s=%s: %w", EnvDebugStopBeforeInit, v, err)
+		}
 	}
 	b.collective("init", func() { err = b.shm.InitWithUniqueID(nvshmem.UniqueID(id), b.rank, b.world) })
 	if err != nil {
