@@ -214,10 +214,9 @@ func Open(comm transport.Comm, localRank int, opt Options) (b *Backend, err erro
 	if err = b.startNVSHMEM(); err != nil {
 		return nil, err
 	}
-	if err = b.loadKernel(cubin, cinfo); err != nil {
-		return nil, err
-	}
-	if err = agree(comm, "load the kernel", nil); err != nil {
+	// A rank that cannot load the kernel tells the others, which would
+	// otherwise go on to the first forward without it.
+	if err = agree(comm, "load the kernel", b.loadKernel(cubin, cinfo)); err != nil {
 		return nil, err
 	}
 	b.log.Info().Str("gpu", b.card).Int("device", b.ordinal).Int("registers", b.info.Registers).
@@ -1265,7 +1264,18 @@ func (b *Backend) Close() error {
 	if hung {
 		return errors.Join(errs...)
 	}
+	// NVSHMEM's teardown (the heap's free, finalize) waits for every rank,
+	// with no bound of its own: the ranks first meet in a bounded exchange,
+	// so that ranks reaching Close further apart than the timeout get an
+	// error here, their heaps left to the process's exit, rather than
+	// leaving the process from inside NVSHMEM (boundCollective).
+	shmTeardown := b.shmUp
 	if b.shmUp {
+		if err := agree(b.comm, "close", nil); err != nil {
+			shmTeardown = false
+			b.sym = 0 // not freed: nvshmem_free would wait for the ranks that did not come
+			errs = append(errs, fmt.Errorf("close: NVSHMEM's heap and state left to the process's exit: %w", err))
+		}
 		errs = append(errs, b.release())
 	} else if b.local != 0 {
 		errs = append(errs, b.drv.MemFree(b.local))
@@ -1290,7 +1300,7 @@ func (b *Backend) Close() error {
 	if b.modLoaded {
 		errs = append(errs, b.drv.ModuleUnload(b.mod))
 	}
-	if b.shmUp {
+	if shmTeardown {
 		b.collective("finalize", b.shm.HostlibFinalize)
 	}
 	if b.ctxHeld {
