@@ -11,8 +11,11 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 # stale after params.h changes: CI once failed on a constant it had compiled
 # from an older header. A digest of params.h in the cgo flags is part of the
 # cache key, so every edit of the header recompiles what includes it.
-PARAMS_H_SUM := $(shell sha256sum kernels/params.h 2>/dev/null | cut -c1-16)
-export CGO_CPPFLAGS += -DMOE_PARAMS_H_SUM=0x$(PARAMS_H_SUM)
+# (cksum: POSIX, on every system; override: also when CGO_CPPFLAGS is given on
+# make's command line.)
+PARAMS_H_SUM := $(firstword $(shell cksum kernels/params.h))
+override CGO_CPPFLAGS += -DMOE_PARAMS_H_SUM=$(PARAMS_H_SUM)
+export CGO_CPPFLAGS
 LDFLAGS  := -X github.com/moerun/moerun/internal/version.Version=$(VERSION)
 BIN      := bin/moerun
 GOFILES  := $(shell find . -name '*.go' -not -path './.venv*' 2>/dev/null)

@@ -127,10 +127,13 @@ type Options struct {
 	// Cubin is the kernel image to load instead of the embedded one.
 	Cubin string
 	// Timeout bounds every wait for the other ranks of a job that OpenWithID
-	// connects (0: 60 s; over MPI, bootstrap.Options.Timeout does this), and
-	// on the gpu backend each of NVSHMEM's collective host calls (init, heap
-	// allocation and free, finalize; 0: 60 s), which cannot be abandoned: past
-	// it the process says which call timed out and exits with status 1.
+	// connects (0: 60 s; over MPI, bootstrap.Options.Timeout bounds MPI's
+	// waits), and on the gpu backend, over MPI too, each of NVSHMEM's
+	// collective host calls (init, heap allocation and free, the barrier
+	// before the first forward, finalize in Close; 0: 60 s), which cannot be
+	// abandoned: past it the process says which call timed out and exits
+	// with status 1. Close is collective: every rank must call it within
+	// Timeout of the others.
 	Timeout time.Duration
 	// TimeoutName names Timeout in those messages ("" means
 	// "rank.Options.Timeout"; the C ABI says moerun_options.timeout_ms).

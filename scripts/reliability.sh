@@ -311,7 +311,7 @@ declare -A GS=(
   [gpu-more-ranks-than-gpus]="moerun launch -n <GPUs + 1> -- bench \$G"
   [gpu-two-ranks-one-gpu]="CUDA_VISIBLE_DEVICES=0 moerun launch -n 2 -- bench \$G --experts 4"
   [gpu-watchdog]="$GL \$G --watchdog 2s --debug-withhold-signal 0"
-  [gpu-rank-stuck-in-nvshmem-init]="MOERUN_DEBUG_STOP_BEFORE_NVSHMEM_INIT=1 $GL \$G --timeout 5s (rank 1 stops itself before NVSHMEM's init)"
+  [gpu-rank-stuck-in-nvshmem-init]="MOERUN_DEBUG_STOP_BEFORE_NVSHMEM_INIT=1 $GL \$G --timeout 3s (rank 1 stops itself before NVSHMEM's init)"
   [gpu-sigkill-rank-midrun]="$GL \$GF; kill -KILL <rank 1>"
   [gpu-sigint-launch]="$GL \$GF; kill -INT <moerun launch>"
   [gpu-capacity-factor-huge]="$GL \$G --capacity-factor 1e300 --verify (must pass: finding 1)"
@@ -358,8 +358,8 @@ gpu_cases() {
         "$BIN" launch -n "$GPU_W" -- bench "${G[@]}" --watchdog 2s --debug-withhold-signal 0
     # NVSHMEM's init has no bound of its own: boundCollective ends the
     # ranks that wait in it for the stopped one.
-    run gpu-rank-stuck-in-nvshmem-init 'NVSHMEM init did not finish within --timeout 5s' "${GS[gpu-rank-stuck-in-nvshmem-init]}" -- \
-        env MOERUN_DEBUG_STOP_BEFORE_NVSHMEM_INIT=1 "$BIN" launch -n "$GPU_W" -- bench "${G[@]}" --timeout 5s
+    run gpu-rank-stuck-in-nvshmem-init 'NVSHMEM init did not finish within --timeout 3s' "${GS[gpu-rank-stuck-in-nvshmem-init]}" -- \
+        env MOERUN_DEBUG_STOP_BEFORE_NVSHMEM_INIT=1 "$BIN" launch -n "$GPU_W" -- bench "${G[@]}" --timeout 3s
     fault gpu-sigkill-rank-midrun 'rank 1 .*exited on signal 9' "${GS[gpu-sigkill-rank-midrun]}" running rank1 KILL -- \
         "$BIN" launch -n "$GPU_W" -- bench "${GF[@]}"
   fi

@@ -235,7 +235,7 @@ func ParseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs.BoolVar(&o.Graph, "graph", false, "replay each forward from a captured CUDA graph (GPU backend)")
 	fs.StringVar(&o.Cubin, "cubin", "", "kernel image to load instead of the embedded one (also MOERUN_CUBIN)")
 	fs.Var(durationFlag{&o.Watchdog}, "watchdog", "bound on every wait inside the kernel; a tripped runtime refuses further forwards")
-	fs.Var(durationFlag{&o.Timeout}, "timeout", "bound on every host-side wait for other ranks")
+	fs.Var(durationFlag{&o.Timeout}, "timeout", "bound on every host-side wait for other ranks: MPI start-up, collectives, and NVSHMEM's init, heap calls and finalize (which include seconds of their own work: keep it above 3s)")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
 	fs.IntVar(&o.DebugWithholdSignal, "debug-withhold-signal", -1, "debug: this rank withholds its dispatch signal to the next rank, to test the watchdog")
 	fs.StringVar(&o.Weights, "weights", "", "Hugging Face checkpoint folder (config.json + safetensors): run its MoE layer --layer instead of generated weights; the shape comes from it, the tokens from --seed")

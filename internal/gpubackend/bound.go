@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/moerun/moerun/internal/transport"
@@ -14,16 +15,28 @@ import (
 // ends the process if fn has not returned within d. NVSHMEM's host calls have
 // no bound of their own and cannot be abandoned and retried, so a rank that
 // dies or stops between the last bounded MPI exchange and such a call would
-// leave the others in it forever: past d this writes which call timed out and
-// why to w and calls exit(1) (under mpirun, the job ends). name is the
-// caller's option that sets d, for the message.
-func boundCollective(d time.Duration, name, what string, w io.Writer, exit func(int), fn func()) {
+// leave the others in it forever: past d this writes which call on which
+// rank timed out, and why, to w and calls exit(1) (under mpirun, the job
+// ends). name is the caller's option that sets d, for the message. A call
+// that returns exactly at d may lose the race to the timer, never the
+// reverse: the process ends only if fn had not returned when the timer fired.
+func boundCollective(d time.Duration, name string, rank int, what string, w io.Writer, exit func(int), fn func()) {
+	var mu sync.Mutex
+	returned := false
 	t := time.AfterFunc(d, func() {
-		fmt.Fprintf(w, "gpu backend: NVSHMEM %s did not finish within %s %v: a rank died or is stuck; giving up\n", what, name, d)
+		mu.Lock()
+		defer mu.Unlock()
+		if returned {
+			return
+		}
+		fmt.Fprintf(w, "gpu backend: rank %d: NVSHMEM %s did not finish within %s %v: a rank died or is stuck; giving up\n", rank, what, name, d)
 		exit(1)
 	})
-	defer t.Stop()
 	fn()
+	mu.Lock()
+	returned = true
+	mu.Unlock()
+	t.Stop()
 }
 
 // collective is boundCollective with the backend's timeout, stderr and os.Exit.
@@ -35,5 +48,5 @@ func (b *Backend) collective(what string, fn func()) {
 	if name == "" {
 		name = "Options.Timeout"
 	}
-	boundCollective(d, name, what, os.Stderr, os.Exit, fn)
+	boundCollective(d, name, b.rank, what, os.Stderr, os.Exit, fn)
 }

@@ -16,7 +16,7 @@ func TestBoundCollectiveFires(t *testing.T) {
 	go func() {
 		// fn stands for an NVSHMEM call that waits for a rank that never comes:
 		// it returns only once the bound has fired.
-		boundCollective(10*time.Millisecond, "--timeout", "init", &out, func(code int) { codes <- code }, func() {
+		boundCollective(10*time.Millisecond, "--timeout", 1, "init", &out, func(code int) { codes <- code }, func() {
 			select {
 			case <-returned:
 			case <-time.After(10 * time.Second):
@@ -33,7 +33,7 @@ func TestBoundCollectiveFires(t *testing.T) {
 		close(returned)
 		t.Fatal("the bound did not fire within 5 s of a 10 ms bound")
 	}
-	if want := "gpu backend: NVSHMEM init did not finish within --timeout 10ms: a rank died or is stuck"; !strings.Contains(out.String(), want) {
+	if want := "gpu backend: rank 1: NVSHMEM init did not finish within --timeout 10ms: a rank died or is stuck"; !strings.Contains(out.String(), want) {
 		t.Errorf("message %q lacks %q", out.String(), want)
 	}
 }
@@ -43,7 +43,7 @@ func TestBoundCollectiveReturnsInTime(t *testing.T) {
 	var out bytes.Buffer
 	codes := make(chan int, 1)
 	calls := 0
-	boundCollective(30*time.Millisecond, "--timeout", "finalize", &out, func(code int) { codes <- code }, func() { calls++ })
+	boundCollective(30*time.Millisecond, "--timeout", 0, "finalize", &out, func(code int) { codes <- code }, func() { calls++ })
 	if calls != 1 {
 		t.Fatalf("fn ran %d times, want 1", calls)
 	}

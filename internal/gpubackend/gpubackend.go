@@ -1264,18 +1264,10 @@ func (b *Backend) Close() error {
 	if hung {
 		return errors.Join(errs...)
 	}
-	// NVSHMEM's teardown (the heap's free, finalize) waits for every rank,
-	// with no bound of its own: the ranks first meet in a bounded exchange,
-	// so that ranks reaching Close further apart than the timeout get an
-	// error here, their heaps left to the process's exit, rather than
-	// leaving the process from inside NVSHMEM (boundCollective).
-	shmTeardown := b.shmUp
+	// NVSHMEM's teardown (the heap's free, finalize) waits for every rank:
+	// Close is collective, and a rank that does not come within the timeout
+	// ends the others from inside it (boundCollective).
 	if b.shmUp {
-		if err := agree(b.comm, "close", nil); err != nil {
-			shmTeardown = false
-			b.sym = 0 // not freed: nvshmem_free would wait for the ranks that did not come
-			errs = append(errs, fmt.Errorf("close: NVSHMEM's heap and state left to the process's exit: %w", err))
-		}
 		errs = append(errs, b.release())
 	} else if b.local != 0 {
 		errs = append(errs, b.drv.MemFree(b.local))
@@ -1300,7 +1292,7 @@ func (b *Backend) Close() error {
 	if b.modLoaded {
 		errs = append(errs, b.drv.ModuleUnload(b.mod))
 	}
-	if shmTeardown {
+	if b.shmUp {
 		b.collective("finalize", b.shm.HostlibFinalize)
 	}
 	if b.ctxHeld {
