@@ -86,7 +86,7 @@ type Options struct {
 const EnvKernelFlags = "MOERUN_KERNEL_FLAGS"
 
 // EnvDebugStopBeforeInit, set to a rank number, makes that rank stop itself
-// (SIGSTOP) after the NVSHMEM unique id has reached every rank and before
+// (SIGSTOP) once the NVSHMEM unique id has reached it, before
 // NVSHMEM's init: a test hook for the bound on NVSHMEM's collectives
 // (boundCollective; scripts/reliability.sh), where a stuck rank would leave
 // the others waiting inside the init.
