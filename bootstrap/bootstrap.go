@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/moerun/moerun/internal/transport"
@@ -39,11 +40,48 @@ func startupGuard(d time.Duration, name string, w io.Writer, exit func(int)) (st
 	if name == "" {
 		name = "Options.Timeout"
 	}
+	return exitUnlessDone(d, fmt.Sprintf("bootstrap: start-up (MPI_Init) did not finish within %s %v: a rank died or is stuck while starting; giving up\n", name, d), w, exit)
+}
+
+// BoundCall runs fn, a call into a library that waits for every rank of the
+// job with no bound of its own and cannot be abandoned (MPI's start-up,
+// NVSHMEM's init and collectives), and ends the process if fn has not
+// returned within d: it writes msg to w and calls exit(1) (under mpirun, the
+// job ends). A call that returns exactly at d may lose the race to the
+// timer, never the reverse.
+func BoundCall(d time.Duration, msg string, w io.Writer, exit func(int), fn func()) {
+	done := exitUnlessDone(d, msg, w, exit)
+	fn()
+	done()
+}
+
+// exitUnlessDone writes msg to w and calls exit(1) after d unless done is
+// called first; done reports whether it came in time. The timer and done
+// exclude each other, so a done that returned true is never followed by the
+// exit.
+func exitUnlessDone(d time.Duration, msg string, w io.Writer, exit func(int)) (done func() bool) {
+	var mu sync.Mutex
+	finished := false
 	t := time.AfterFunc(d, func() {
-		fmt.Fprintf(w, "bootstrap: start-up (MPI_Init) did not finish within %s %v: a rank died or is stuck while starting; giving up\n", name, d)
+		mu.Lock()
+		defer mu.Unlock()
+		if finished {
+			return
+		}
+		finished = true
+		fmt.Fprint(w, msg)
 		exit(1)
 	})
-	return t.Stop
+	return func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if finished {
+			return false
+		}
+		finished = true
+		t.Stop()
+		return true
+	}
 }
 
 // World is this process's place in the job.
