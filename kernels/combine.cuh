@@ -20,14 +20,17 @@ namespace moe {
 // FMA: the loop is bound by load latency (~1.6 TB/s with one 16-byte load
 // per pair in flight, ~2 TB/s with four 8-byte loads of one pair at a time;
 // traces, H200). Two chunks of bf16 (one of fp32) keep it within the
-// kernel's 128 registers. The FMAs keep pair order j ascending per element,
-// so the result is bitwise that of one pair at a time; a dropped pair
-// (w == 0) is neither read nor added.
+// default build's 128 registers; the MOE_WS build (168) takes four of bf16:
+// its combine 50 -> 40 us at T = 8192, 2x H200 (twelfth session; an L2
+// prefetch of the next tokens' rows instead gained nothing). The FMAs keep
+// pair order j ascending per element, so the result is bitwise that of one
+// pair at a time; a dropped pair (w == 0) is neither read nor added.
 constexpr int kCombinePairs = 2;
+constexpr int kCombineChunksBF16 = MOE_WS ? 4 : 2;
 template <bool kBF16>
 __device__ __forceinline__ void combine_token(const char* rrow, int64_t rrb, float* orow, int H, int k, float wl,
                                               int lane) {
-  constexpr int kChunks = kBF16 ? 2 : 1;  // 256-column chunks per pass
+  constexpr int kChunks = kBF16 ? kCombineChunksBF16 : 1;  // 256-column chunks per pass
   constexpr int kWords = kBF16 ? 4 : 8;   // 32-bit words of a lane's 8 values
   for (int c0 = 0; c0 < H; c0 += 256 * kChunks) {  // every lane iterates: the shuffles need the full warp
     float acc[kChunks][8];
