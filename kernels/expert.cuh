@@ -6,8 +6,10 @@
 //   s's counts into row tiles (<= row_tile_rows(p) rows of one (s, local
 //   expert): 64 in fp32, 128 in tf32/bf16), writes
 //   their descriptors and publishes the arrival (arr_src / arr_task0 /
-//   arr_tile0, then arr_n with release). A source that sent no rows gets its
-//   return signal at once. After the last arrival it becomes a processor.
+//   arr_tile0, then arr_n with release); a pooled forward (pool_sources)
+//   only keeps each arrival's counts and describes every tile after the last
+//   (pool_tiles). A source that sent no rows gets its return signal at once.
+//   After the last arrival it becomes a processor.
 // - processors take tasks:
 //   GEMM0 tickets from an atomic counter, in arrival order: ticket i is valid
 //     once a published arrival covers it; task = (row tile, I-column tile),
@@ -119,10 +121,26 @@ constexpr int kTcSegOff = kTcTileM * static_cast<int>(sizeof(void*));  // int [3
 static_assert(kTcRowSrcOff + kTcTileM <= kTcPhaseUsable, "row tables fit the phase buffer");
 static_assert(kTcSegOff + 3 * kMaxWorld * 4 <= kTcStageBytes, "pooled tile tables fit stage 0");
 static_assert(kMaxWorld <= 256, "a pooled row's source fits a byte");
-// The OS block's tables while it pools (W >= 2, so E/W <= kMaxExperts / 2):
-// rows, tiles, cseg, cmt [E/W + 1] each, ptile [W][E/W + 1], tgt [W].
-static_assert((4 * (kMaxExperts / 2 + 1) + kMaxExperts + 2 * kMaxWorld) * 4 <= kTcPhaseUsable,
-              "the pooling tables fit the phase buffer");
+// The OS block's tables while it pools (W >= 2, so E/W <= kMaxExperts / 2),
+// in its phase buffer after the decode's rows and tiles [E/W + 1] each.
+struct PoolTables {
+  int* prow;  // [W][E/W + 1] arrival n's rows an expert, scanned
+  int* psrc;  // [W] source of arrival n
+  int* cseg;  // [E/W + 1] segments of expert le, then their prefix
+  int* cmt;   // [E/W + 1] pooled tiles of expert le, then their prefix
+  int* tgt;   // [W] GEMM1 tasks per source
+};
+__device__ __forceinline__ PoolTables pool_tables(int* base, int W, int El) {
+  PoolTables t;
+  t.prow = base;
+  t.psrc = t.prow + W * (El + 1);
+  t.cseg = t.psrc + W;
+  t.cmt = t.cseg + (El + 1);
+  t.tgt = t.cmt + (El + 1);
+  return t;
+}
+static_assert((4 * (kMaxExperts / 2 + 1) + kMaxExperts + 3 * kMaxWorld) * 4 <= kTcPhaseUsable,
+              "the decode's and the pooling's tables fit the phase buffer");
 
 // Whether a segment of r rows joins a pooled tile that holds segs segments of
 // rows rows so far: an expert's segments (its per-source tiles, in order) are
@@ -133,32 +151,35 @@ __device__ __forceinline__ bool pool_fits(int segs, int rows, int r) {
   return segs == 0 || (rows + r <= kTcTileM && segs < kMaxWorld);
 }
 
-// After the last arrival of a pooled forward (pool_sources): copies the N
-// per-source tiles expert-major to rt_desc[N..2N) (the segments; arrival n's
-// tiles of expert le are ptile[n][le]..ptile[n][le + 1]), writes the M pooled
-// tiles over rt_desc[0..M), sets each source's GEMM1 task count and
-// publishes: arr_tile0[W] = M, arr_task0[W] = M * GEMM0 column tiles, then
-// arr_n = W. Every thread of the OS block calls it; one thread per expert.
-// Returns M, or -2N when the tables cannot hold the segments (nothing
-// published). Out of line, and without the Ctx: a Ctx whose address a call
-// takes lives in local memory for the whole kernel.
-__device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptile) {
+// After the last arrival of a pooled forward (pool_sources): from the
+// arrivals' scanned rows an expert (prow[n][le], arrival n from source
+// psrc[n]) writes the N per-source tiles expert-major to rt_desc[M..M+N)
+// (the segments: a source's rows of an expert in tiles of kTcTileM, in
+// arrival order), the M pooled tiles to rt_desc[0..M), sets each source's
+// GEMM1 task count and publishes: arr_src, arr_tile0[W] = M, arr_task0[W] =
+// M * GEMM0 column tiles, then arr_n = W. Every thread of the OS block calls
+// it; one thread per expert. All of it from shared memory: the arrivals wrote
+// no descriptors (one fence and one release in all, and no descriptor read
+// back: the pooling took 5 us at T = 128 when it did). Returns M, or -(M + N)
+// when the descriptors do not fit (nothing published). Out of line, and
+// without the Ctx: a Ctx whose address a call takes lives in local memory
+// for the whole kernel.
+__device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, PoolTables pt) {
   const int W = p.world, El = p.experts_per_rank;
   const int nt0 = g0_col_tiles(p), nt1 = g1_col_tiles(p);
+  constexpr int tm = kTcTileM;  // row_tile_rows of the tensor-core modes, the only pooled ones
   MoeSched* s = sched_of(p);
   MoeRowTile* desc = reinterpret_cast<MoeRowTile*>(p.rt_desc);
-  int* cseg = ptile + W * (El + 1);  // [El + 1] segments of expert le, then their prefix
-  int* cmt = cseg + (El + 1);        // [El + 1] pooled tiles of le, then their prefix
-  int* tgt = cmt + (El + 1);         // [W] GEMM1 tasks per source
-  const int N = ptile[W * (El + 1) - 1];
-  if (2 * N > p.max_row_tiles) return -2 * N;  // cannot happen with a plan from symheap (2x the tiles)
+  const int *prow = pt.prow, *psrc = pt.psrc;
+  int *cseg = pt.cseg, *cmt = pt.cmt, *tgt = pt.tgt;
   for (int i = threadIdx.x; i < W; i += kThreads) tgt[i] = 0;
   // Segments and pooled tiles per expert (the same packing as below).
   for (int le = threadIdx.x; le < El; le += kThreads) {
     int segs = 0, tiles = 0, tsegs = 0, trows = 0;
     for (int n = 0; n < W; ++n) {
-      for (int t = ptile[n * (El + 1) + le]; t < ptile[n * (El + 1) + le + 1]; ++t) {
-        const int r = ld_cg(&desc[t].nrows);
+      const int rows = prow[n * (El + 1) + le + 1] - prow[n * (El + 1) + le];
+      for (int r0 = 0; r0 < rows; r0 += tm) {
+        const int r = min(tm, rows - r0);
         if (!pool_fits(tsegs, trows, r)) tsegs = trows = 0;
         if (tsegs == 0) ++tiles;
         ++tsegs;
@@ -170,20 +191,12 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptil
     cmt[le] = tiles;
   }
   block_sync();
-  block_exclusive_scan(cseg, El, sh);
+  const int N = block_exclusive_scan(cseg, El, sh);
   const int M = block_exclusive_scan(cmt, El, sh);
+  if (M + N > p.max_row_tiles) return -(M + N);  // cannot happen with a plan from symheap (2x the tiles)
   for (int le = threadIdx.x; le < El; le += kThreads) {
-    int q = N + cseg[le];
-    for (int n = 0; n < W; ++n) {
-      for (int t = ptile[n * (El + 1) + le]; t < ptile[n * (El + 1) + le + 1]; ++t) {
-        *reinterpret_cast<int4*>(desc + q++) = __ldcg(reinterpret_cast<const int4*>(desc + t));
-      }
-    }
-  }
-  block_sync();  // the segments are in place; rt_desc[0..N) may be overwritten
-  for (int le = threadIdx.x; le < El; le += kThreads) {
-    const int q0 = N + cseg[le], nseg = cseg[le + 1] - cseg[le];
-    int m = cmt[le], first = 0, tsegs = 0, trows = 0;
+    const int q0 = M + cseg[le];
+    int q = q0, m = cmt[le], first = 0, tsegs = 0, trows = 0;
     auto emit = [&]() {
       MoeRowTile d;
       d.src = -tsegs;
@@ -192,22 +205,33 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptil
       d.nrows = trows;
       desc[m++] = d;
     };
-    for (int i = 0; i < nseg; ++i) {
-      const int4 v = *reinterpret_cast<const int4*>(desc + q0 + i);  // this thread's own stores above
-      if (!pool_fits(tsegs, trows, v.w)) {
-        emit();
-        first = i;
-        tsegs = trows = 0;
+    for (int n = 0; n < W; ++n) {
+      const int row0 = prow[n * (El + 1) + le], rows = prow[n * (El + 1) + le + 1] - row0;
+      for (int r0 = 0; r0 < rows; r0 += tm) {
+        MoeRowTile v;
+        v.src = psrc[n];
+        v.le = le;
+        v.row0 = row0 + r0;
+        v.nrows = min(tm, rows - r0);
+        if (!pool_fits(tsegs, trows, v.nrows)) {
+          emit();
+          first = q - q0;
+          tsegs = trows = 0;
+        }
+        ++tsegs;
+        trows += v.nrows;
+        desc[q++] = v;
+        atomicAdd(&tgt[v.src], nt1);
       }
-      ++tsegs;
-      trows += v.w;
-      atomicAdd(&tgt[v.x], nt1);
     }
     if (tsegs > 0) emit();
   }
   block_sync();
   if (threadIdx.x == 0) {
-    for (int i = 0; i < W; ++i) s->ret_target[i] = tgt[i];
+    for (int i = 0; i < W; ++i) {
+      s->ret_target[i] = tgt[i];
+      s->arr_src[i] = psrc[i];
+    }
     s->arr_tile0[W] = M;
     s->arr_task0[W] = M * nt0;
     __threadfence();
@@ -215,6 +239,28 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, int* ptil
   }
   block_sync();
   return M;
+}
+
+// A pooled forward's arrival n, from source src: its rows an expert into
+// pt.prow[n] (scanned) and src into pt.psrc[n] for pool_tiles. Returns the
+// arrival's rows; sh.bcast[1] (0 before the call) gets its per-source tiles
+// (the trace). Every thread of the OS block calls it. Out of line: the
+// other forwards' kernel keeps its registers.
+__device__ __noinline__ int pool_arrival(const MoeParams& p, Shared& sh, PoolTables pt, int n, int src) {
+  const int El = p.experts_per_rank;
+  const int* cnt = reinterpret_cast<const int*>(my_heap(p, p.off_recv_counts)) + src * El;
+  int* pr = pt.prow + n * (El + 1);
+  int ntiles = 0;
+  for (int le = threadIdx.x; le < El; le += kThreads) {
+    const int r = ld_cg(cnt + le);
+    pr[le] = r;
+    ntiles += (r + kTcTileM - 1) / kTcTileM;
+  }
+  ntiles = __reduce_add_sync(kFull, ntiles);
+  if ((threadIdx.x & 31) == 0 && ntiles != 0) atomicAdd(&sh.bcast[1], ntiles);
+  if (threadIdx.x == 0) pt.psrc[n] = src;
+  block_sync();
+  return block_exclusive_scan(pr, El, sh);  // ends with a barrier: bcast[1] is complete
 }
 
 // The subscriber loop of the OS block. Returns false after an abort.
@@ -227,7 +273,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
   const bool pool = pool_sources(p);
   int* rows = reinterpret_cast<int*>(c.phase);     // [El + 1] row prefix
   int* tiles = rows + (El + 1);                    // [El + 1] tile prefix
-  int* ptile = tiles + (El + 1);                   // pool: [W][El + 1] first tile of (arrival, expert)
+  const PoolTables pt = pool_tables(tiles + (El + 1), W, El);  // pool
   MoeRowTile* desc = reinterpret_cast<MoeRowTile*>(p.rt_desc);
   uint64_t arrived = 0;  // bit s: source s decoded (thread 0's view)
   uint64_t t0 = globaltimer();
@@ -259,6 +305,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
         if (ns < 256) ns <<= 1;
       }
       c.sh.bcast[0] = found;
+      c.sh.bcast[1] = 0;  // pooled: the arrival's tiles, summed by the warps
       if (found >= 0) {
         arrived |= 1ull << found;
         if (tracing(c)) trace_ev(c, MOE_EV_WAIT_DISPATCH, tw0, globaltimer(), found);
@@ -268,6 +315,21 @@ __device__ inline bool os_subscribe(Ctx& c) {
     const int src = c.sh.bcast[0];
     if (src < 0) return false;
     const uint64_t tw = threadIdx.x == 0 ? globaltimer() : 0;
+    if (pool) {
+      // Pooled: the arrival's rows an expert, kept for pool_tiles, which
+      // writes every descriptor after the last arrival.
+      const int total = pool_arrival(p, c.sh, pt, n, src);
+      if (threadIdx.x == 0) {
+        if (total == 0) send_signal(c, p.off_sig_return, src);  // no GEMM1 task will
+        const uint64_t t1 = globaltimer();
+        c.busy += t1 - tw;
+        trace_ev(c, MOE_EV_DECODE, tw, t1, src, c.sh.bcast[1]);
+      }
+      block_sync();
+      t0 = globaltimer();
+      tw0 = t0;
+      continue;
+    }
     const int* cnt = reinterpret_cast<const int*>(my_heap(p, p.off_recv_counts)) + src * El;
     for (int le = threadIdx.x; le < El; le += kThreads) {
       const int r = ld_cg(cnt + le);
@@ -278,9 +340,6 @@ __device__ inline bool os_subscribe(Ctx& c) {
     block_exclusive_scan(rows, El, c.sh);
     const int ntiles = block_exclusive_scan(tiles, El, c.sh);
     const int tile0 = ld_cg(&s->arr_tile0[n]);
-    if (pool) {
-      for (int le = threadIdx.x; le <= El; le += kThreads) ptile[n * (El + 1) + le] = tile0 + tiles[le];
-    }
     const int room = p.max_row_tiles - tile0;
     if (ntiles > room) {  // cannot happen with a plan from symheap; refuse rather than overrun
       if (threadIdx.x == 0) watchdog_trip(c, MOE_STATUS_BAD_PARAMS, MOE_WAIT_DISPATCH, src, 0, ntiles, room);
@@ -304,8 +363,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
       s->arr_task0[n + 1] = ld_cg(&s->arr_task0[n]) + ntiles * nt0;
       s->ret_target[src] = ntiles * nt1;
       __threadfence();
-      // Pooled: all sources published at once, after the last (pool_tiles).
-      if (!pool) st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(n + 1));
+      st_release_gpu_u32(&s->arr_n, static_cast<uint32_t>(n + 1));
       if (ntiles == 0) send_signal(c, p.off_sig_return, src);
       const uint64_t t1 = globaltimer();
       c.busy += t1 - tw;
@@ -317,7 +375,7 @@ __device__ inline bool os_subscribe(Ctx& c) {
   }
   if (!pool) return true;
   const uint64_t tw = threadIdx.x == 0 ? globaltimer() : 0;
-  const int m = pool_tiles(p, c.sh, ptile);
+  const int m = pool_tiles(p, c.sh, pt);
   if (m < 0) {
     if (threadIdx.x == 0) watchdog_trip(c, MOE_STATUS_BAD_PARAMS, MOE_WAIT_DISPATCH, -1, 0, -m, p.max_row_tiles);
     return false;
