@@ -142,6 +142,15 @@ __device__ __forceinline__ PoolTables pool_tables(int* base, int W, int El) {
 static_assert((4 * (kMaxExperts / 2 + 1) + kMaxExperts + 3 * kMaxWorld) * 4 <= kTcPhaseUsable,
               "the decode's and the pooling's tables fit the phase buffer");
 
+// Local experts up to which one thread of the OS block scans a pooled
+// forward's tables alone (pool_arrival, pool_tiles): a serial pass over a few
+// dozen shared-memory entries is shorter than a block scan's barriers and
+// shuffles, and it is a few instructions where the block scan's are ~2 KB.
+// This code runs once a launch, from a cold instruction cache, so its loops
+// are not unrolled either (pool_tiles 26 -> 18 KB of SASS, most of it the
+// block scans that only E / W > kSerialScanMax runs).
+constexpr int kSerialScanMax = 128;
+
 // Whether a segment of r rows joins a pooled tile that holds segs segments of
 // rows rows so far: an expert's segments (its per-source tiles, in order) are
 // packed whole while the rows fit kTcTileM. The kMaxWorld bound is a guard:
@@ -160,8 +169,9 @@ __device__ __forceinline__ bool pool_fits(int segs, int rows, int r) {
 // M * GEMM0 column tiles, then arr_n = W. Every thread of the OS block calls
 // it; one thread per expert. All of it from shared memory: the arrivals write
 // no descriptors and publish nothing (one fence and one release in all, no
-// descriptor read back; T = 128, W = 2: each arrival ~1 us shorter, the
-// pooling itself still ~5 us, benchmarks.md). Returns M, or -(M + N)
+// descriptor read back: each arrival ~1 us shorter at T = 128, W = 2), and
+// up to kSerialScanMax experts one thread scans, with loops not unrolled:
+// the pooling 5.4 -> 3.2 us (benchmarks.md, thirteenth session). Returns M, or -(M + N)
 // when the descriptors do not fit (nothing published). Out of line, and
 // without the Ctx: a Ctx whose address a call takes lives in local memory
 // for the whole kernel.
@@ -173,12 +183,16 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, PoolTable
   MoeRowTile* desc = reinterpret_cast<MoeRowTile*>(p.rt_desc);
   const int *prow = pt.prow, *psrc = pt.psrc;
   int *cseg = pt.cseg, *cmt = pt.cmt, *tgt = pt.tgt;
+  #pragma unroll 1
   for (int i = threadIdx.x; i < W; i += kThreads) tgt[i] = 0;
   // Segments and pooled tiles per expert (the same packing as below).
+  #pragma unroll 1
   for (int le = threadIdx.x; le < El; le += kThreads) {
     int segs = 0, tiles = 0, tsegs = 0, trows = 0;
+    #pragma unroll 1
     for (int n = 0; n < W; ++n) {
       const int rows = prow[n * (El + 1) + le + 1] - prow[n * (El + 1) + le];
+      #pragma unroll 1
       for (int r0 = 0; r0 < rows; r0 += tm) {
         const int r = min(tm, rows - r0);
         if (!pool_fits(tsegs, trows, r)) tsegs = trows = 0;
@@ -192,9 +206,30 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, PoolTable
     cmt[le] = tiles;
   }
   block_sync();
-  const int N = block_exclusive_scan(cseg, El, sh);
-  const int M = block_exclusive_scan(cmt, El, sh);
+  int N, M;
+  if (El <= kSerialScanMax) {
+    if (threadIdx.x == 0) {
+      int ns = 0, nm = 0;
+      #pragma unroll 1
+      for (int le = 0; le < El; ++le) {
+        const int a = cseg[le], b = cmt[le];
+        cseg[le] = ns;
+        cmt[le] = nm;
+        ns += a;
+        nm += b;
+      }
+      cseg[El] = ns;
+      cmt[El] = nm;
+    }
+    block_sync();
+    N = cseg[El];
+    M = cmt[El];
+  } else {
+    N = block_exclusive_scan(cseg, El, sh);
+    M = block_exclusive_scan(cmt, El, sh);
+  }
   if (M + N > p.max_row_tiles) return -(M + N);  // cannot happen with a plan from symheap (2x the tiles)
+  #pragma unroll 1
   for (int le = threadIdx.x; le < El; le += kThreads) {
     const int q0 = M + cseg[le];
     int q = q0, m = cmt[le], first = 0, tsegs = 0, trows = 0;
@@ -206,8 +241,10 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, PoolTable
       d.nrows = trows;
       desc[m++] = d;
     };
+    #pragma unroll 1
     for (int n = 0; n < W; ++n) {
       const int row0 = prow[n * (El + 1) + le], rows = prow[n * (El + 1) + le + 1] - row0;
+      #pragma unroll 1
       for (int r0 = 0; r0 < rows; r0 += tm) {
         MoeRowTile v;
         v.src = psrc[n];
@@ -229,6 +266,7 @@ __device__ __noinline__ int pool_tiles(const MoeParams& p, Shared& sh, PoolTable
   }
   block_sync();
   if (threadIdx.x == 0) {
+    #pragma unroll 1
     for (int i = 0; i < W; ++i) {
       s->ret_target[i] = tgt[i];
       s->arr_src[i] = psrc[i];
@@ -251,7 +289,28 @@ __device__ __noinline__ int pool_arrival(const MoeParams& p, Shared& sh, PoolTab
   const int El = p.experts_per_rank;
   const int* cnt = reinterpret_cast<const int*>(my_heap(p, p.off_recv_counts)) + src * El;
   int* pr = pt.prow + n * (El + 1);
+  if (El <= kSerialScanMax) {
+    #pragma unroll 1
+    for (int le = threadIdx.x; le < El; le += kThreads) pr[le] = ld_cg(cnt + le);
+    block_sync();
+    if (threadIdx.x == 0) {
+      int rows = 0, ntiles = 0;
+      #pragma unroll 1
+      for (int le = 0; le < El; ++le) {
+        const int r = pr[le];
+        pr[le] = rows;
+        rows += r;
+        ntiles += (r + kTcTileM - 1) / kTcTileM;
+      }
+      pr[El] = rows;
+      sh.bcast[1] = ntiles;
+      pt.psrc[n] = src;
+    }
+    block_sync();
+    return pr[El];
+  }
   int ntiles = 0;
+  #pragma unroll 1
   for (int le = threadIdx.x; le < El; le += kThreads) {
     const int r = ld_cg(cnt + le);
     pr[le] = r;
