@@ -127,6 +127,25 @@ __device__ __forceinline__ bool weights_streamed(const MoeParams& p) {
   return p.dtype == MOE_DTYPE_BF16 &&
          static_cast<int64_t>(p.tokens) * p.topk * p.world <= static_cast<int64_t>(p.experts) * MOE_TC_TILE_M;
 }
+// Small forwards (few rows per source and expert): with a row tile per
+// (source, expert), every task would be a 128-row tile of a few rows, each
+// expert's weight slabs read once per source, W times the tasks. Instead the
+// owner waits for all sources and pools them (expert.cuh pool_tiles): the per-source
+// tiles of an expert, in arrival order, are packed whole into pooled row
+// tiles of up to 128 rows, whose rows the tasks gather from the sources'
+// receive regions; GEMM0 and GEMM1 tasks go out column-tile-major, so the
+// pooled tiles that read one weight slab run at the same time. Chosen by the
+// owner alone (its own T stands for the sources'); -DMOE_MERGE_ROWS=0 turns
+// it off. Up to 128 rows per source and expert on average (one tile's worth):
+// measured faster than the per-source order through T = 2048 at E = 32, 4
+// GPUs (docs/benchmarks.md, fifth session); above that a source's rows fill
+// whole tiles and the overlap with the dispatch matters more.
+constexpr int kMergeRows = MOE_MERGE_ROWS;  // params.h: at most this many kept rows per source and expert on average
+__device__ __forceinline__ bool pool_sources(const MoeParams& p) {
+  return kMergeRows > 0 && p.world > 1 && tc_mode(p) &&
+         static_cast<int64_t>(p.tokens) * p.topk <= static_cast<int64_t>(p.experts) * kMergeRows;
+}
+
 // bf16 mode, MOE_FLAG_LOCAL_GATHER: this rank's own rows stay in x (dispatch.cuh, expert.cuh).
 // Off in MOE_WS builds: their GEMM0 tasks load every row with TMA, and
 // gathered rows cannot be (the dispatch copies the own rows instead).

@@ -29,7 +29,6 @@
 // so an owner that sees a signal sees the rows, counts and return slots.
 #pragma once
 
-#include "expert.cuh"  // pool_sources
 #include "gemm_tc.cuh"
 #include "sync.cuh"
 

@@ -49,25 +49,6 @@ __device__ __forceinline__ uint64_t tmap_of(const MoeParams& p, int i) {
   return (p.flags & MOE_FLAG_TMA) != 0 ? reinterpret_cast<uint64_t>(&p.tmap[i * MOE_TMAP_WORDS]) : 0;
 }
 
-// Small forwards (few rows per source and expert): with a row tile per
-// (source, expert), every task would be a 128-row tile of a few rows, each
-// expert's weight slabs read once per source, W times the tasks. Instead the
-// owner waits for all sources and pools them (pool_tiles): the per-source
-// tiles of an expert, in arrival order, are packed whole into pooled row
-// tiles of up to 128 rows, whose rows the tasks gather from the sources'
-// receive regions; GEMM0 and GEMM1 tasks go out column-tile-major, so the
-// pooled tiles that read one weight slab run at the same time. Chosen by the
-// owner alone (its own T stands for the sources'); -DMOE_MERGE_ROWS=0 turns
-// it off. Up to 128 rows per source and expert on average (one tile's worth):
-// measured faster than the per-source order through T = 2048 at E = 32, 4
-// GPUs (docs/benchmarks.md, fifth session); above that a source's rows fill
-// whole tiles and the overlap with the dispatch matters more.
-constexpr int kMergeRows = MOE_MERGE_ROWS;  // params.h: at most this many kept rows per source and expert on average
-__device__ __forceinline__ bool pool_sources(const MoeParams& p) {
-  return kMergeRows > 0 && p.world > 1 && tc_mode(p) &&
-         static_cast<int64_t>(p.tokens) * p.topk <= static_cast<int64_t>(p.experts) * kMergeRows;
-}
-
 // MOE_WS builds: the bf16 tasks of the relu / gelu FFN with TMA and
 // per-source row tiles are 128 rows x kWsTileN columns, loaded by the
 // block's producer warpgroup (gemm_ws.cuh). Everything else (tf32, fp32,

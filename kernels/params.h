@@ -316,7 +316,7 @@ typedef struct MoeTileTest {
  * MOE_WS kernel for exactly those (internal/gpubackend). */
 #define MOE_WS_MIN_DIM 128
 #define MOE_WS_TILE_N 256
-/* Pooled row tiles (kernels/expert.cuh pool_sources): with W >= 2, a tensor-core
+/* Pooled row tiles (kernels/common.cuh pool_sources): with W >= 2, a tensor-core
  * forward of T tokens pools its sources' rows when T * k <= E * MOE_MERGE_ROWS; a
  * build may set another (0: never). */
 #ifndef MOE_MERGE_ROWS

@@ -155,7 +155,7 @@ func (b *Backend) wsFor(cfg config.Layer) bool {
 	return !pooledForward(cfg.Tokens, b.layout.TopK, b.layout.Experts, b.world)
 }
 
-// pooledForward mirrors kernels/expert.cuh pool_sources for the tensor-core
+// pooledForward mirrors kernels/common.cuh pool_sources for the tensor-core
 // modes: with several ranks, a forward of few rows per source and expert
 // pools its sources' rows into shared row tiles.
 func pooledForward(tokens, topk, experts, world int) bool {
