@@ -13,11 +13,11 @@
 //
 // Two roles, no grid barrier after them:
 //   remote  the first dispatch_blocks() blocks copy the rows for the other
-//           ranks, walking the list rotated to start at the rows of owner
-//           rank + 1: at any moment the W ranks write to W different owners
-//           (a permutation) instead of all to owner 0 first (incast). The
-//           last of them to finish sends every other owner its dispatch
-//           signal.
+//           ranks, owner by owner from owner rank + 1 on: at any moment the
+//           W ranks write to W different owners (a permutation) instead of
+//           all to owner 0 first (incast). The last of them to finish an
+//           owner's rows sends that owner its dispatch signal (pooled
+//           tiles: the last to finish all of them sends every signal).
 //   local   the other blocks handle the rank's own rows (LOCAL_GATHER, bf16:
 //           only their return slots, GEMM0 gathers the rows from x; else a
 //           copy within the heap) and the last of them to finish signals the
@@ -116,7 +116,7 @@ __device__ inline void dispatch(Ctx& c) {
   if (threadIdx.x == 0) items = 0;
   for (int e = threadIdx.x; e < E; e += kThreads) pre[e] = ld_cg(count + e);
   block_sync();
-  const int total = block_exclusive_scan(pre, E, c.sh);
+  block_exclusive_scan(pre, E, c.sh);  // pre[E]: every kept row
 
   const int nd = dispatch_blocks(p);
   const bool remote = static_cast<int>(blockIdx.x) < nd;
@@ -149,28 +149,44 @@ __device__ inline void dispatch(Ctx& c) {
     return ld_cg(list + static_cast<int64_t>(e) * p.max_tokens + (g - pre[e]));
   };
   if (remote) {
-    // Rotated order: [rot, total) then [0, rot); the rank's own rows [l0, l1)
-    // end it (rot = l1 mod total), so the first nrem rotated rows are the
-    // other owners'.
-    const int rot = l1 == total ? 0 : l1;
-    const int nrem = total - (l1 - l0);
-    auto row_of = [&](int q) { return rot + q < total ? rot + q : rot + q - total; };
-    // The next row's token index is loaded while this row copies (pair_of).
-    int pair = rwarp < nrem ? pair_of(row_of(rwarp)) : 0;
-    for (int q = rwarp; q < nrem; q += nwarps) {
-      const int g = row_of(q);
-      const int e = upper_index(pre, E, g);
-      const int d = e / El;
-      const int pair_next = q + nwarps < nrem ? pair_of(row_of(q + nwarps)) : 0;
-      const int64_t drow = static_cast<int64_t>(p.rank) * rps + (g - pre[d * El]);
-      const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(pair / k) * rowbytes);
-      copy_row(src, reinterpret_cast<uint4*>(peer_heap(c, d, p.off_recv_rows) + drow * rowbytes), vecs, tf32, lane);
-      if (lane == 0) {
-        reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_meta))[drow] = pair;
-        bytes += static_cast<uint64_t>(rowbytes);
-        if (tracing(c)) atomicAdd(&items, 1);
+    // The other owners' rows in rotated order, owner rank + 1's first: at
+    // any moment the W ranks write to W different owners (a permutation),
+    // not all to owner 0 first. Row q of that order goes to warp q mod
+    // nwarps of the role. Per-source tiles: each owner gets its signal from
+    // the last block done with its rows, so it starts on them while the
+    // role copies the next owner's (one signal after all owners' rows had
+    // the first remote source of a W = 4 forward decoded at ~210-300 us, T
+    // = 8192, fifteenth session). Pooled tiles wait for every source
+    // anyway: one arrival at the end, without a barrier and a system fence
+    // an owner (a build that gave them both, and each owner's rows to the
+    // whole role in turn, took T = 128 at W = 4 from 125 to 135 us).
+    const bool per_owner = !pool_sources(p);
+    MoeSched* s = sched_of(p);
+    int q0 = 0;  // owner d's first row in the rotated order
+    for (int j = 1; j < W; ++j) {
+      const int d = (p.rank + j) % W;
+      const int g0 = pre[d * El], q1 = q0 + pre[(d + 1) * El] - g0;
+      int q = q0 + ((rwarp - q0) % nwarps + nwarps) % nwarps;  // this warp's first row of d's
+      // The next row's token index is loaded while this row copies (pair_of).
+      int pair = q < q1 ? pair_of(g0 + q - q0) : 0;
+      for (; q < q1; q += nwarps) {
+        const int g = g0 + q - q0;
+        const int pair_next = q + nwarps < q1 ? pair_of(g + nwarps) : 0;
+        const int64_t drow = static_cast<int64_t>(p.rank) * rps + (g - g0);
+        const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(pair / k) * rowbytes);
+        copy_row(src, reinterpret_cast<uint4*>(peer_heap(c, d, p.off_recv_rows) + drow * rowbytes), vecs, tf32, lane);
+        if (lane == 0) {
+          reinterpret_cast<int*>(peer_heap(c, d, p.off_recv_meta))[drow] = pair;
+          bytes += static_cast<uint64_t>(rowbytes);
+          if (tracing(c)) atomicAdd(&items, 1);
+        }
+        pair = pair_next;
       }
-      pair = pair_next;
+      q0 = q1;
+      if (!per_owner) continue;
+      if ((p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // the rows are read by TMA (gemm_tc.cuh)
+      block_sync();  // the block's stores to d (and block 0's counts), before its arrival
+      if (threadIdx.x == 0 && arrive_last(&s->disp_owner[d], nb)) send_dispatch_signal(c, d);
     }
   } else if (local_gather(p)) {
     // GEMM0 reads these rows from x: only their return slots, one per thread.
@@ -198,14 +214,12 @@ __device__ inline void dispatch(Ctx& c) {
   block_sync();  // the block's stores, before its arrival; and pre is free again
   if (threadIdx.x == 0) {
     MoeSched* s = sched_of(p);
-    if (remote) {
-      if (arrive_last(&s->disp_done[1], nb)) {
-        for (int d = 0; d < W; ++d) {
-          if (d != p.rank) send_dispatch_signal(c, d);
-        }
-      }
-    } else if (arrive_last(&s->disp_done[0], nb)) {
+    if (!remote && arrive_last(&s->disp_local, nb)) {
       send_dispatch_signal(c, p.rank);
+    } else if (remote && pool_sources(p) && arrive_last(&s->disp_remote, nb)) {
+      for (int d = 0; d < W; ++d) {
+        if (d != p.rank) send_dispatch_signal(c, d);
+      }
     }
     const uint64_t t1 = globaltimer();
     c.busy += t1 - t0;

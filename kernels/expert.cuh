@@ -994,21 +994,25 @@ __device__ inline void ws_producer(Ctx& c, const WsFwd& f) {
 }
 
 // The consumers' part of a task (ksteps >= kWsStgKeep stages from stage
-// count n): the MMAs, then the bf16 staging in the stages of its last two
-// steps, which the storers free (the producer's wait for them is the
-// storers' hand-back); ts (thread 0 when tracing, else null): when it is
-// staged. One leaf function
+// count n, nrows rows): the MMAs, then the bf16 staging in the stages of its
+// last two steps, which the storers free (the producer's wait for them is
+// the storers' hand-back); ts (thread 0 when tracing, else null): when it is
+// staged. A consumer whose 64 rows are all past nrows (a partial row tile's
+// second half) neither multiplies nor stages: ~half of the partial tiles at
+// the paper's shape have <= 64 rows, and the storers write rows < nrows
+// only. One leaf function
 // (as tc_tile_stage, gemm_tc.cuh: inlined into the kernel, whose calls
 // ptxas cannot see into, every wgmma would wait for the one before).
-__device__ __noinline__ void ws_tile_stage(const WsFwd f, uint32_t n, int ksteps, int op, const float* bias,
-                                           int ncols, volatile uint64_t* ts) {
+__device__ __noinline__ void ws_tile_stage(const WsFwd f, uint32_t n, int ksteps, int nrows, int op,
+                                           const float* bias, int ncols, volatile uint64_t* ts) {
   float acc[kWsAcc];
   WsStageT<kWsFwdStages> st;
   st.n = n;
   const int c = threadIdx.x >> 7;
-  ws_consume<kWsStgKeep>(f.sm, st, c, ksteps, acc);
+  const bool mma = c * (kTcTileM / 2) < nrows;
+  ws_consume<kWsStgKeep>(f.sm, st, c, ksteps, acc, mma);
   workers_sync();  // both warpgroups' MMAs are done with the kept stages
-  ws_store_bf16(acc, f.stg(st.n, c), kWsStgStride, op, bias, ncols);
+  if (mma) ws_store_bf16(acc, f.stg(st.n, c), kWsStgStride, op, bias, ncols);
   fence_proxy_async_smem();  // these writes of the kept stages before the producer's next TMA writes
   if (ts != nullptr) *ts = globaltimer();
   mbar_arrive(f.stg_full());
@@ -1053,7 +1057,7 @@ __device__ inline bool process_ws(Ctx& c) {
     const int K = g0 ? p.hidden : p.ffn_hidden, N = g0 ? p.ffn_hidden : p.hidden;
     const float* bias = reinterpret_cast<const float*>(g0 ? p.b1 : p.b2) + static_cast<int64_t>(le) * N + n0;
     const int op = g0 ? (p.ffn == MOE_FFN_GELU ? kOpGeLU : kOpReLU) : kOpNone;
-    ws_tile_stage(f, n, K / kWsKElems, op, bias, min(kWsTileN, N - n0),
+    ws_tile_stage(f, n, K / kWsKElems, t->desc[3], op, bias, min(kWsTileN, N - n0),
                   threadIdx.x == 0 && tracing(c) ? &t->ts : nullptr);
     n += static_cast<uint32_t>(K / kWsKElems);
   }
@@ -1116,20 +1120,29 @@ __device__ inline void ws_storer(Ctx& c, const WsFwd& f) {
     n += static_cast<uint32_t>((g0 ? p.hidden : p.ffn_hidden) / kWsKElems);
     mbar_wait(f.stg_full(), i & 1u);  // the consumers are one task's MMAs away at most
     const bool active = lane < ncols / 8;  // one 16-byte vector of a row a lane
-    for (int j = 0, r = sw; r < d.nrows; ++j, r += kWarps) {
-      const int sl = __shfl_sync(kFull, j < 32 ? slot_a : slot_b, j & 31);
-      if (active) {
-        const uint4 u = *reinterpret_cast<const uint4*>(f.stg(n, r >> 6) + (r & 63) * kWsStgStride + lane * 8);
-        *reinterpret_cast<uint4*>(out + (g0 ? static_cast<int64_t>(r) : static_cast<int64_t>(sl)) * N + lane * 8) = u;
+    // Consumer 0's 64 rows first, then consumer 1's, each kept stage handed
+    // back to the producer (the arrivals of the consumer warps that kept
+    // it) as soon as its rows are out: the next task's third step loads
+    // into consumer 0's. A GEMM1 task's rows go to the peers over NVLink,
+    // and when most of the grid stores its returns at once those stores
+    // back up: the task after such a one waited for its third stage (W = 4,
+    // T = 8192: 44-50 us against 28, fifteenth session).
+    int j = 0, r = sw;
+    for (int h = 0; h < kWsStgKeep; ++h) {
+      const int rend = min(d.nrows, (h + 1) * (kTcTileM / kWsStgKeep));
+      for (; r < rend; ++j, r += kWarps) {  // warp-uniform
+        const int sl = __shfl_sync(kFull, j < 32 ? slot_a : slot_b, j & 31);
+        if (active) {
+          const uint4 u = *reinterpret_cast<const uint4*>(f.stg(n, h) + (r & 63) * kWsStgStride + lane * 8);
+          *reinterpret_cast<uint4*>(out + (g0 ? static_cast<int64_t>(r) : static_cast<int64_t>(sl)) * N + lane * 8) = u;
+        }
       }
+      fence_proxy_async_smem();  // these reads of the kept stage before the producer's next TMA writes
+      if (h == kWsStgKeep - 1 && g0 && (p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // GEMM1 reads the intermediate with TMA
+      storers_sync();
+      if (lead) mbar_arrive_n(f.sm.empty(f.stg_stage(n, h)), kWsConsumerWarps);
     }
-    fence_proxy_async_smem();  // these reads of the kept stages before the producer's next TMA writes
-    if (g0 && (p.flags & MOE_FLAG_TMA) != 0) fence_proxy_async_global();  // GEMM1 reads the intermediate with TMA
-    storers_sync();
     if (lead) {
-      // The kept stages go back to the producer: the arrivals of the
-      // consumer warps that kept them.
-      for (int k = 0; k < kWsStgKeep; ++k) mbar_arrive_n(f.sm.empty(f.stg_stage(n, k)), kWsConsumerWarps);
       if (g0) {
         publish_gemm0(c, rt);
       } else {

@@ -168,10 +168,13 @@ __device__ __forceinline__ void ws_produce(const WsSmemT<S>& sm, WsStageT<S>& st
 // step's stage is freed, and once more at the end with the last one freed;
 // n: the steps whose stages this warp has passed so far. The stages of the
 // last kKeep steps are not freed: the forward stages its results in them
-// and its storers free them (expert.cuh).
+// and its storers free them (expert.cuh). mma false: the warpgroup's rows
+// are all past the task's last row (a forward's partial row tile of <= 64
+// rows): it walks the stages, freeing each, without multiplying, and its
+// accumulators stay zero (rows nobody stores).
 template <int kKeep, int S, class AfterStep>
 __device__ __forceinline__ void ws_consume(const WsSmemT<S>& sm, WsStageT<S>& st, int c, int ksteps,
-                                           float (&acc)[kWsAcc], AfterStep after_step) {
+                                           float (&acc)[kWsAcc], bool mma, AfterStep after_step) {
 #pragma unroll
   for (int i = 0; i < kWsAcc; ++i) acc[i] = 0.f;
   const uint32_t a_off = static_cast<uint32_t>(c * 64 * kTcKBytes);
@@ -180,25 +183,27 @@ __device__ __forceinline__ void ws_consume(const WsSmemT<S>& sm, WsStageT<S>& st
   for (int kt = 0; kt < ksteps; ++kt) {
     const int s = st.stage();
     mbar_wait(sm.full(s), st.parity());
-    const uint64_t da = wgmma_desc(sm.stage(s) + a_off), db = wgmma_desc(sm.stage(s) + kWsABytes);
-    wgmma_fence();
+    if (mma) {
+      const uint64_t da = wgmma_desc(sm.stage(s) + a_off), db = wgmma_desc(sm.stage(s) + kWsABytes);
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kTcKBytes / 32; ++kk) wgmma_bf16_n256(acc, da + 2 * kk, db + 2 * kk);
-    wgmma_commit();
-    ws_wgmma_wait<1>(acc);  // the previous step's MMAs are done: its stage is free
+      for (int kk = 0; kk < kTcKBytes / 32; ++kk) wgmma_bf16_n256(acc, da + 2 * kk, db + 2 * kk);
+      wgmma_commit();
+      ws_wgmma_wait<1>(acc);  // the previous step's MMAs are done: its stage is free
+    }
     if (prev >= 0 && warp_lead && kt - 1 < ksteps - kKeep) mbar_arrive(sm.empty(prev));
     prev = s;
     after_step(st.n);
     ++st.n;
   }
-  ws_wgmma_wait<0>(acc);
+  if (mma) ws_wgmma_wait<0>(acc);
   if (prev >= 0 && warp_lead && kKeep == 0) mbar_arrive(sm.empty(prev));
   after_step(st.n);
 }
 template <int kKeep = 0, int S>
 __device__ __forceinline__ void ws_consume(const WsSmemT<S>& sm, WsStageT<S>& st, int c, int ksteps,
-                                           float (&acc)[kWsAcc]) {
-  ws_consume<kKeep>(sm, st, c, ksteps, acc, [](uint32_t) {});
+                                           float (&acc)[kWsAcc], bool mma = true) {
+  ws_consume<kKeep>(sm, st, c, ksteps, acc, mma, [](uint32_t) {});
 }
 
 // ---- the same tile without a producer warpgroup ------------------------------
@@ -239,7 +244,7 @@ __device__ __forceinline__ void ws_pump(const WsSmem& sm, WsPump& pu, uint32_t l
 template <class Sched>
 __device__ __forceinline__ void ws_consume_inline(const WsSmem& sm, WsStage& st, WsPump& pu, int ksteps,
                                                   float (&acc)[kWsAcc], Sched sched) {
-  ws_consume<0>(sm, st, threadIdx.x >> 7, ksteps, acc, [&](uint32_t n) {
+  ws_consume<0>(sm, st, threadIdx.x >> 7, ksteps, acc, true, [&](uint32_t n) {
     if (threadIdx.x == 0) ws_pump(sm, pu, n + kWsStages, sched);
     __syncwarp();  // warp 0 whole again before the next .sync.aligned wgmma
   });

@@ -90,8 +90,8 @@ __device__ inline void reset_launch_state(Ctx& c) {
       s->g1_head = 0;
       s->g1_tail = 0;
       s->arr_n = 0;
-      s->disp_done[0] = 0;
-      s->disp_done[1] = 0;
+      s->disp_local = 0;
+      s->disp_remote = 0;
       s->arr_task0[0] = 0;
       s->arr_tile0[0] = 0;
       MoeStatus* st = status_of(p);
@@ -103,6 +103,7 @@ __device__ inline void reset_launch_state(Ctx& c) {
     }
     for (int i = threadIdx.x; i < p.world; i += kThreads) {
       s->ret_done[i] = 0;
+      s->disp_owner[i] = 0;
       s->ret_target[i] = 0;
     }
   }

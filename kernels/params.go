@@ -12,7 +12,7 @@ import "unsafe"
 
 // Constants shared with params.h (TestConstantsMatchParamsH compares them).
 const (
-	ABIVersion = 5 // MOE_ABI_VERSION
+	ABIVersion = 6 // MOE_ABI_VERSION
 
 	Threads  = 256 // MOE_THREADS: threads per block
 	TileM    = 64  // MOE_TILE_M: rows (tokens) per fp32 GEMM tile; the smallest row tile of any mode
@@ -214,17 +214,19 @@ type RowTile struct {
 
 // Sched mirrors MoeSched (the kernel's scheduler state).
 type Sched struct {
-	Barrier   uint64              `c:"barrier"`
-	G0Next    uint32              `c:"g0_next"`
-	G1Head    uint32              `c:"g1_head"`
-	G1Tail    uint32              `c:"g1_tail"`
-	ArrN      uint32              `c:"arr_n"`
-	ArrSrc    [MaxWorld]int32     `c:"arr_src"`
-	ArrTask0  [MaxWorld + 1]int32 `c:"arr_task0"`
-	ArrTile0  [MaxWorld + 1]int32 `c:"arr_tile0"`
-	RetDone   [MaxWorld]int32     `c:"ret_done"`
-	RetTarget [MaxWorld]int32     `c:"ret_target"`
-	DispDone  [2]uint32           `c:"disp_done"`
+	Barrier    uint64              `c:"barrier"`
+	G0Next     uint32              `c:"g0_next"`
+	G1Head     uint32              `c:"g1_head"`
+	G1Tail     uint32              `c:"g1_tail"`
+	ArrN       uint32              `c:"arr_n"`
+	ArrSrc     [MaxWorld]int32     `c:"arr_src"`
+	ArrTask0   [MaxWorld + 1]int32 `c:"arr_task0"`
+	ArrTile0   [MaxWorld + 1]int32 `c:"arr_tile0"`
+	RetDone    [MaxWorld]int32     `c:"ret_done"`
+	RetTarget  [MaxWorld]int32     `c:"ret_target"`
+	DispLocal  uint32              `c:"disp_local"`
+	DispRemote uint32              `c:"disp_remote"`
+	DispOwner  [MaxWorld]uint32    `c:"disp_owner"`
 }
 
 // TileTest mirrors MoeTileTest, the argument of the debug entry

@@ -17,7 +17,7 @@
 
 /* Bumped whenever a struct or constant below changes meaning; the kernel
  * exports it (moerun_abi_version) and the host refuses a cubin that differs. */
-#define MOE_ABI_VERSION 5
+#define MOE_ABI_VERSION 6
 
 /* Block shape and tiles. The host needs kThreads (launch), the tile sizes
  * (task counts, row-tile bounds of the heap plan) and the limits. */
@@ -269,7 +269,9 @@ typedef struct MoeSched {
     int32_t arr_tile0[MOE_MAX_WORLD + 1];
     int32_t ret_done[MOE_MAX_WORLD];       /* GEMM1 tasks done per source */
     int32_t ret_target[MOE_MAX_WORLD];     /* GEMM1 tasks per source */
-    uint32_t disp_done[2];                 /* dispatch blocks done: [0] own rows' role, [1] other owners' */
+    uint32_t disp_local;                   /* own rows' dispatch blocks done (the rank's own signal: the last) */
+    uint32_t disp_remote;                  /* pooled tiles: copying blocks done with every owner's rows */
+    uint32_t disp_owner[MOE_MAX_WORLD];    /* copying blocks done with owner d's rows (d's signal: the last) */
 } MoeSched;
 
 /* Argument of the debug entry moerun_tile_test: ONE block runs one

@@ -10,6 +10,10 @@
 # "embedded" names the binary's own cubin. FLAGS_A / FLAGS_B: kernel flags
 # (MOERUN_KERNEL_FLAGS) of the first / second run, to compare two switches of
 # one cubin (FLAGS_A=7 FLAGS_B=15 scripts/bitwise-ab.sh embedded embedded).
+# ENV_A / ENV_B: more VAR=value words for the first / second run, e.g. the
+# MOE_WS cubin that runs beside a --cubin (which otherwise runs alone):
+#   ENV_A=MOERUN_WS_CUBIN=build/a/ws.cubin ENV_B=MOERUN_WS_CUBIN=build/b/ws.cubin \
+#     TOKENS=2900,4096 DTYPES=bf16 scripts/bitwise-ab.sh build/a/moerun.cubin build/b/moerun.cubin
 # Other shape flags: ARGS (default
 # H = 512, I = 1024, E = 32, k = 2, relu and swiglu: the dump also writes
 # inputs and weights, so the shape stays small). Exit 0 when every
@@ -35,6 +39,10 @@ for cb in "$1" "$2"; do
   flags_var=FLAGS_A
   [ "$i" = 2 ] && flags_var=FLAGS_B
   [ -n "${!flags_var:-}" ] && envs=(MOERUN_KERNEL_FLAGS="${!flags_var}")
+  env_var=ENV_A
+  [ "$i" = 2 ] && env_var=ENV_B
+  read -r -a more <<<"${!env_var:-}"
+  envs+=("${more[@]}")
   [ "$cb" = embedded ] || { [ -f "$cb" ] || { echo "bitwise-ab: $cb: no such cubin" >&2; exit 2; }; args=(--cubin "$PWD/$cb"); }
   rm -rf "$LOGDIR/dump$i"
   if ! timeout -k 10 300 env "${envs[@]}" "$BIN" launch -n "$W" -- bench --backend gpu "${args[@]}" "${shape[@]}" --tokens "$TOKENS" \
@@ -48,5 +56,5 @@ for f in "$LOGDIR"/dump1/cfg*/rank*/out.npy; do
   files=$((files + 1))
   cmp -s "$f" "${f/dump1/dump2}" || { diffs=$((diffs + 1)); echo "bitwise-ab: differs: ${f#"$LOGDIR"/dump1/}"; }
 done
-echo "bitwise-ab: W=$W tokens $TOKENS dtypes $DTYPES: $files output files, $diffs differ ($1${FLAGS_A:+ flags $FLAGS_A} vs $2${FLAGS_B:+ flags $FLAGS_B})"
+echo "bitwise-ab: W=$W tokens $TOKENS dtypes $DTYPES: $files output files, $diffs differ ($1${FLAGS_A:+ flags $FLAGS_A}${ENV_A:+ $ENV_A} vs $2${FLAGS_B:+ flags $FLAGS_B}${ENV_B:+ $ENV_B})"
 [ "$files" -gt 0 ] && [ "$diffs" -eq 0 ]

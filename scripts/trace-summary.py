@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarise a `moerun bench --trace` file by event kind.
 
-    scripts/trace-summary.py [--bins US] out/trace.cfg000.rank000.json ...
+    scripts/trace-summary.py [--bins US] [--sources] out/trace.cfg000.rank000.json ...
 
 One line per kind (gate, topk, dispatch, gemm0, ...), in order of first start:
 how many events, on how many blocks, the first start and the last end (µs from
@@ -17,6 +17,12 @@ so that a task's epilogue that overlaps the next task is counted once), in
 next-task waits, and the rest, as fractions of blocks x window. With --bins,
 the number of blocks inside a GEMM task, sampled at the middle of each bin of
 US µs: where in the window the grid runs short of work.
+
+With --sources, per rank and per source rank: when the source's dispatch
+signal was seen and decoded, and its GEMM0 and GEMM1 tasks (count, first
+start, last end, median duration); with --bins as well, the blocks inside a
+task of the rank's own rows and of other sources' rows by time: when the own
+rows' work runs out and the others' rows arrive (W >= 2).
 """
 import json
 import statistics
@@ -29,7 +35,16 @@ def load(path):
     with open(path) as f:
         doc = json.load(f)
     events = doc["traceEvents"] if isinstance(doc, dict) else doc
-    return [(e["cat"], float(e["ts"]), float(e["dur"]), e["pid"], e["tid"]) for e in events if e.get("ph") == "X"]
+    out = []
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        args = e.get("args", {})
+        # A dispatch event's role (remote: 1, the block copied other owners'
+        # rows) stands in its source's place.
+        src = args.get("remote", -1) if e["cat"] == "dispatch" else args.get("src", -1)
+        out.append((e["cat"], float(e["ts"]), float(e["dur"]), e["pid"], e["tid"], src))
+    return out
 
 
 def union_length(intervals):
@@ -49,9 +64,9 @@ def union_length(intervals):
 
 def kinds_lines(evs, t0):
     kinds = {}
-    for cat, ts, dur, _, tid in evs:
+    for cat, ts, dur, _, tid, _ in evs:
         kinds.setdefault(cat, []).append((ts, dur, tid))
-    nblocks = len({tid for _, _, _, _, tid in evs})
+    nblocks = len({e[4] for e in evs})
     lines = []
     for kind, ks in sorted(kinds.items(), key=lambda kv: min(ts for ts, _, _ in kv[1])):
         durs = [d for _, d, _ in ks]
@@ -65,18 +80,18 @@ def kinds_lines(evs, t0):
 
 
 def window_lines(evs, t0, bins):
-    tasks = [(ts, ts + dur, tid) for cat, ts, dur, _, tid in evs if cat in GEMM]
+    tasks = [(ts, ts + dur, tid) for cat, ts, dur, _, tid, _ in evs if cat in GEMM]
     if not tasks:
         return []
     w0 = min(s for s, _, _ in tasks)
     w1 = max(e for _, e, _ in tasks)
     span = w1 - w0
-    blocks = sorted({tid for _, _, _, _, tid in evs})
+    blocks = sorted({e[4] for e in evs})
 
     def covered(cats):
         """Blocks' time inside the window covered by events of cats (each block's union)."""
         per = {}
-        for cat, ts, dur, _, tid in evs:
+        for cat, ts, dur, _, tid, _ in evs:
             if cats(cat) and ts < w1 and ts + dur > w0:
                 per.setdefault(tid, []).append((max(ts, w0), min(ts + dur, w1)))
         return sum(union_length(v) for v in per.values())
@@ -100,32 +115,77 @@ def window_lines(evs, t0, bins):
     return lines
 
 
-def summarise(path, bins):
+def source_lines(evs, t0, rank, bins):
+    lines = []
+    for role, name in ((1, "copying other owners' rows"), (0, "own rows")):
+        ds = [e for e in evs if e[0] == "dispatch" and e[5] == role]
+        if ds:
+            ends = sorted(e[1] + e[2] - t0 for e in ds)
+            lines.append(f"dispatch, {name}: {len(ds)} blocks, {min(e[1] for e in ds) - t0:7.1f} .. "
+                         f"{ends[-1]:7.1f} (p50 end {statistics.median(ends):7.1f})")
+    srcs = sorted({e[5] for e in evs if e[0] in GEMM + ("wait_dispatch", "decode") and e[5] >= 0})
+    for src in srcs:
+        mine = [e for e in evs if e[5] == src]
+        seen = [e[1] + e[2] - t0 for e in mine if e[0] == "wait_dispatch"]
+        dec = [e[1] + e[2] - t0 for e in mine if e[0] == "decode"]
+        parts = [f"src {src}{' (own)' if src == rank else ''}:",
+                 f"signal seen {min(seen):7.1f}" if seen else "signal seen       -",
+                 f"decoded {max(dec):7.1f}" if dec else "decoded       -"]
+        for cat in GEMM:
+            ts = [e for e in mine if e[0] == cat]
+            if ts:
+                parts.append(f"{cat} n={len(ts):5d} {min(e[1] for e in ts) - t0:7.1f} .. "
+                             f"{max(e[1] + e[2] for e in ts) - t0:7.1f} p50 {statistics.median(e[2] for e in ts):5.1f}")
+        lines.append(" ".join(parts))
+    tasks = [(e[1], e[1] + e[2], e[4], e[5] == rank) for e in evs if e[0] in GEMM]
+    if bins > 0 and tasks:
+        w0, w1 = min(t[0] for t in tasks), max(t[1] for t in tasks)
+        cells = []
+        t = w0
+        while t < w1:
+            mid = t + bins / 2
+            own = len({b for s, e, b, o in tasks if o and s <= mid < e})
+            other = len({b for s, e, b, o in tasks if not o and s <= mid < e})
+            cells.append(f"{t - t0:.0f}:{own}/{other}")
+            t += bins
+        lines.append("blocks in a task of own / other sources' rows (µs: own/other): " + " ".join(cells))
+    return lines
+
+
+def summarise(path, bins, sources):
     evs = load(path)
     if not evs:
         return [f"{path}: no events"]
     lines = []
-    for pid in sorted({pid for _, _, _, pid, _ in evs}):
+    for pid in sorted({e[3] for e in evs}):
         mine = [e for e in evs if e[3] == pid]
-        t0 = min(ts for _, ts, _, _, _ in mine)
+        t0 = min(e[1] for e in mine)
         lines.append(f"rank {pid}")
         lines += kinds_lines(mine, t0)
         lines += window_lines(mine, t0, bins)
+        if sources:
+            lines += source_lines(mine, t0, pid, bins)
     return lines
 
 
 def main(argv):
     args = argv[1:]
-    bins = 0.0
-    if len(args) >= 2 and args[0] == "--bins":
-        bins = float(args[1])
-        args = args[2:]
+    bins, sources = 0.0, False
+    while args and args[0] in ("--bins", "--sources"):
+        if args[0] == "--sources":
+            sources = True
+            args = args[1:]
+        elif len(args) >= 2:
+            bins = float(args[1])
+            args = args[2:]
+        else:
+            break
     if not args:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     for path in args:
         print(f"# {path}")
-        for line in summarise(path, bins):
+        for line in summarise(path, bins, sources):
             print(line)
     return 0
 

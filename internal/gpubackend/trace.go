@@ -317,6 +317,7 @@ func WriteChromeTrace(w io.Writer, rank int, events []TraceEvent) error {
 		case TraceTopK, TraceCombine:
 			arg("tokens", e.A)
 		case TraceDispatch:
+			arg("remote", e.Src) // 1: the block copied other owners' rows
 			arg("rows", e.A)
 		case TraceWaitDispatch, TraceDecode:
 			arg("src", e.Src)
