@@ -36,28 +36,33 @@ namespace moe {
 
 // Blocks that copy rows to other ranks. 4x H200, paper shape, T = 8192: 32
 // blocks were the fastest of 32, 64 and 128 (bf16 1.02 ms, tf32 1.70 ms; the
-// whole grid copying, then a barrier: 1.16, 1.91 ms). Per-source tiles
-// (not pool_sources) take 16 a peer, at most 32: at W = 2 (2x H200, T =
-// 8192, twelfth session, docs/benchmarks.md) 16 blocks copy the peer's rows
-// by ~205 us instead of ~157, long before the owner runs out of its own
-// rows' work (~350 us), and the 16 blocks freed start the GEMMs: -31 us
-// (-4 %); 8 blocks were too slow; TMA bulk copies by 4 or 8 blocks reached
-// the same NVLink rate as 16 copying blocks and gained the same. Pooled
-// tiles wait for every source's last row, so the copy is on their critical
-// path: 16 blocks cost +5 us at T = 1024 there, and they keep 32. At W >= 3 a
-// rank sends (W - 1) / W of its rows and has 1 / W of the work of its own to
-// hide them behind: 32, as measured there. -DMOE_DISPATCH_BLOCKS=n builds
-// another cap for such an A/B.
+// whole grid copying, then a barrier: 1.16, 1.91 ms). Pooled tiles wait for
+// every source's last row, so the copy is on their critical path: 16 blocks
+// cost +5 us at T = 1024 there, and they keep 32. Per-source tiles (not
+// pool_sources) take 16 whatever W: at W = 2 (2x H200, T = 8192, twelfth
+// session, docs/benchmarks.md) 16 blocks copy the peer's rows by ~205 us
+// instead of ~157, long before the owner runs out of its own rows' work
+// (~350 us), and the 16 blocks freed start the GEMMs: -31 us (-4 %); 8
+// blocks were too slow; TMA bulk copies by 4 or 8 blocks reached the same
+// NVLink rate as 16 copying blocks and gained the same. At W = 4, with each
+// owner signalled as soon as its rows are in (fifteenth session), 16 blocks
+// against 32 and 48: bf16 T = 8192 726-733 us against 745-753 and 759-785,
+// T = 16384 1314-1345 against 1322-1380 and 1460-1512 (before those signals
+// 24, 32 and 48 measured the same). -DMOE_DISPATCH_BLOCKS=n and
+// -DMOE_DISPATCH_BLOCKS_UNPOOLED=n build other counts for such an A/B.
 #ifndef MOE_DISPATCH_BLOCKS
 #define MOE_DISPATCH_BLOCKS 32
 #endif
-constexpr int kDispatchBlocks = MOE_DISPATCH_BLOCKS;
-constexpr int kDispatchBlocksPerPeer = 16;
+#ifndef MOE_DISPATCH_BLOCKS_UNPOOLED
+#define MOE_DISPATCH_BLOCKS_UNPOOLED 16
+#endif
+constexpr int kDispatchBlocksPooled = MOE_DISPATCH_BLOCKS;
+constexpr int kDispatchBlocksUnpooled = MOE_DISPATCH_BLOCKS_UNPOOLED;
 
 __device__ __forceinline__ int dispatch_blocks(const MoeParams& p) {
   if (p.world == 1) return 0;
-  const int cap = pool_sources(p) ? kDispatchBlocks : min(kDispatchBlocksPerPeer * (p.world - 1), kDispatchBlocks);
-  return min(cap, static_cast<int>(gridDim.x) / 2);
+  const int n = pool_sources(p) ? kDispatchBlocksPooled : kDispatchBlocksUnpooled;
+  return min(n, static_cast<int>(gridDim.x) / 2);
 }
 
 // One row: 16-byte vectors of the warp, tf32 rounding in tf32 mode. A lane
