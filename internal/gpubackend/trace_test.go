@@ -2,6 +2,9 @@ package gpubackend
 
 import (
 	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -86,5 +89,66 @@ func TestTaskStatsDurationsAndGaps(t *testing.T) {
 	}
 	if s := TaskStats(evs[4:]); s != "" {
 		t.Errorf("no tasks: %q, want empty", s)
+	}
+}
+
+// scripts/trace-summary.py --sources reads what WriteChromeTrace writes: the
+// dispatch role (args.remote), each source's signal, decode and tasks, and
+// the own / other rows' blocks over time. Skips without a Python.
+func TestTraceSummaryScriptSources(t *testing.T) {
+	py := os.Getenv("MOERUN_PYTHON")
+	if py == "" {
+		var err error
+		if py, err = exec.LookPath("python3"); err != nil {
+			t.Skip("no python3 on PATH and MOERUN_PYTHON unset: scripts/trace-summary.py not run")
+		}
+	}
+	us := time.Microsecond
+	ev := func(block int, kind TraceKind, s, e, src int) TraceEvent {
+		return TraceEvent{Rank: 1, Block: block, Kind: kind, Start: time.Duration(s) * us, End: time.Duration(e) * us,
+			Src: src, A: 4, B: 0, Expert: 0}
+	}
+	evs := []TraceEvent{
+		ev(0, TraceDispatch, 0, 50, 1), // copying other owners' rows
+		ev(1, TraceDispatch, 0, 20, 0), // the own rows
+		ev(2, TraceWaitDispatch, 5, 20, 1),
+		ev(2, TraceDecode, 20, 22, 1),
+		ev(1, TraceGEMM0, 25, 55, 1),
+		ev(2, TraceWaitDispatch, 22, 60, 0),
+		ev(2, TraceDecode, 60, 61, 0),
+		ev(2, TraceGEMM1, 56, 61, 1),
+		ev(0, TraceGEMM0, 62, 92, 0),
+		ev(1, TraceGEMM0, 62, 92, 0),
+	}
+	path := filepath.Join(t.TempDir(), "trace.rank001.json")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteChromeTrace(f, -1, evs); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(py, "../../scripts/trace-summary.py", "--bins", "10", "--sources", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("trace-summary.py: %v\n%s", err, out)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(out), "\n") {
+		lines = append(lines, strings.Join(strings.Fields(l), " "))
+	}
+	got := strings.Join(lines, "\n")
+	for _, want := range []string{
+		"dispatch, copying other owners' rows: 1 blocks, 0.0 .. 50.0 (p50 end 50.0)",
+		"dispatch, own rows: 1 blocks, 0.0 .. 20.0 (p50 end 20.0)",
+		"src 0: signal seen 60.0 decoded 61.0 gemm0 n= 2 62.0 .. 92.0 p50 30.0",
+		"src 1 (own): signal seen 20.0 decoded 22.0 gemm0 n= 1 25.0 .. 55.0 p50 30.0 gemm1 n= 1 56.0 .. 61.0 p50 5.0",
+		"blocks in a task of own / other sources' rows (µs: own/other): 25:1/0 35:1/0 45:1/0 55:1/0 65:0/2 75:0/2 85:0/2",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("trace-summary.py output lacks %q:\n%s", want, got)
+		}
 	}
 }
