@@ -20,9 +20,11 @@ US µs: where in the window the grid runs short of work.
 
 With --sources, per rank and per source rank: when the source's dispatch
 signal was seen and decoded, and its GEMM0 and GEMM1 tasks (count, first
-start, last end, median duration); with --bins as well, the blocks inside a
-task of the rank's own rows and of other sources' rows by time: when the own
-rows' work runs out and the others' rows arrive (W >= 2).
+start, last end, median duration); the GEMM tasks' durations by the block's
+task before them (after a GEMM1 task of another source's rows, whose results
+went to that source, or after any other); with --bins as well, the blocks
+inside a task of the rank's own rows and of other sources' rows by time:
+when the own rows' work runs out and the others' rows arrive (W >= 2).
 """
 import json
 import statistics
@@ -149,7 +151,30 @@ def source_lines(evs, t0, rank, bins):
             cells.append(f"{t - t0:.0f}:{own}/{other}")
             t += bins
         lines.append("blocks in a task of own / other sources' rows (µs: own/other): " + " ".join(cells))
+    lines += after_lines(evs, rank)
     return lines
+
+
+def after_lines(evs, rank):
+    """A block's GEMM tasks by the task before them in the block: after a
+    GEMM1 task of another source's rows (its results stored to that source,
+    W >= 2) or after any other task. The first finding of the fifteenth
+    session: at W = 4 the former waited for their stages while the returns
+    backed up (docs/benchmarks.md)."""
+    by_block = {}
+    for e in sorted((e for e in evs if e[0] in GEMM), key=lambda e: e[1]):
+        by_block.setdefault(e[4], []).append(e)
+    groups = {}
+    for tasks in by_block.values():
+        for prev, cur in zip(tasks, tasks[1:]):
+            after = "remote gemm1" if prev[0] == "gemm1" and prev[5] not in (rank, -1) else "other"
+            groups.setdefault((after, cur[0]), []).append(cur[2])
+    parts = []
+    for (after, kind), durs in sorted(groups.items(), reverse=True):
+        durs.sort()
+        p90 = durs[min(len(durs) - 1, int(0.9 * len(durs)))]
+        parts.append(f"after {after}: {kind} n={len(durs)} p50 {statistics.median(durs):.1f} p90 {p90:.1f}")
+    return ["tasks by the block's task before (µs): " + "; ".join(parts)] if parts else []
 
 
 def summarise(path, bins, sources):

@@ -119,6 +119,8 @@ func TestTraceSummaryScriptSources(t *testing.T) {
 		ev(2, TraceGEMM1, 56, 61, 1),
 		ev(0, TraceGEMM0, 62, 92, 0),
 		ev(1, TraceGEMM0, 62, 92, 0),
+		ev(0, TraceGEMM1, 93, 100, 0), // another source's rows: a remote GEMM1 task
+		ev(0, TraceGEMM0, 101, 131, 0),
 	}
 	path := filepath.Join(t.TempDir(), "trace.rank001.json")
 	f, err := os.Create(path)
@@ -143,9 +145,11 @@ func TestTraceSummaryScriptSources(t *testing.T) {
 	for _, want := range []string{
 		"dispatch, copying other owners' rows: 1 blocks, 0.0 .. 50.0 (p50 end 50.0)",
 		"dispatch, own rows: 1 blocks, 0.0 .. 20.0 (p50 end 20.0)",
-		"src 0: signal seen 60.0 decoded 61.0 gemm0 n= 2 62.0 .. 92.0 p50 30.0",
+		"src 0: signal seen 60.0 decoded 61.0 gemm0 n= 3 62.0 .. 131.0 p50 30.0 gemm1 n= 1 93.0 .. 100.0 p50 7.0",
 		"src 1 (own): signal seen 20.0 decoded 22.0 gemm0 n= 1 25.0 .. 55.0 p50 30.0 gemm1 n= 1 56.0 .. 61.0 p50 5.0",
-		"blocks in a task of own / other sources' rows (µs: own/other): 25:1/0 35:1/0 45:1/0 55:1/0 65:0/2 75:0/2 85:0/2",
+		"blocks in a task of own / other sources' rows (µs: own/other): 25:1/0 35:1/0 45:1/0 55:1/0 65:0/2 75:0/2 85:0/2 95:0/0 105:0/1 115:0/1 125:0/1",
+		"tasks by the block's task before (µs): after remote gemm1: gemm0 n=1 p50 30.0 p90 30.0; " +
+			"after other: gemm1 n=1 p50 7.0 p90 7.0; after other: gemm0 n=1 p50 30.0 p90 30.0",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("trace-summary.py output lacks %q:\n%s", want, got)
