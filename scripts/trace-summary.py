@@ -106,15 +106,20 @@ def window_lines(evs, t0, bins):
              f"in tasks {busy / cap:.3f}, next-task waits {(with_waits - busy) / cap:.3f}, "
              f"other events {(everything - with_waits) / cap:.3f}, no event {(cap - everything) / cap:.3f}"]
     if bins > 0:
-        cells = []
-        t = w0
-        while t < w1:
-            mid = t + bins / 2
-            n = len({b for s, e, b in tasks if s <= mid < e})
-            cells.append(f"{t - t0:.0f}:{n}")
-            t += bins
-        lines.append("blocks in a GEMM task by time (µs from start: blocks): " + " ".join(cells))
+        cells = timeline(w0, w1, bins, t0, lambda mid: len({b for s, e, b in tasks if s <= mid < e}))
+        lines.append("blocks in a GEMM task by time (µs from start: blocks): " + cells)
     return lines
+
+
+def timeline(w0, w1, bins, t0, cell):
+    """Bins of `bins` µs from w0 to w1, each as "start:cell(middle)", the
+    start in µs from t0."""
+    cells = []
+    t = w0
+    while t < w1:
+        cells.append(f"{t - t0:.0f}:{cell(t + bins / 2)}")
+        t += bins
+    return " ".join(cells)
 
 
 def source_lines(evs, t0, rank, bins):
@@ -142,15 +147,14 @@ def source_lines(evs, t0, rank, bins):
     tasks = [(e[1], e[1] + e[2], e[4], e[5] == rank) for e in evs if e[0] in GEMM]
     if bins > 0 and tasks:
         w0, w1 = min(t[0] for t in tasks), max(t[1] for t in tasks)
-        cells = []
-        t = w0
-        while t < w1:
-            mid = t + bins / 2
+
+        def own_other(mid):
             own = len({b for s, e, b, o in tasks if o and s <= mid < e})
             other = len({b for s, e, b, o in tasks if not o and s <= mid < e})
-            cells.append(f"{t - t0:.0f}:{own}/{other}")
-            t += bins
-        lines.append("blocks in a task of own / other sources' rows (µs: own/other): " + " ".join(cells))
+            return f"{own}/{other}"
+
+        cells = timeline(w0, w1, bins, t0, own_other)
+        lines.append("blocks in a task of own / other sources' rows (µs: own/other): " + cells)
     lines += after_lines(evs, rank)
     return lines
 
