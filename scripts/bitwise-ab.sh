@@ -36,11 +36,10 @@ i=0
 for cb in "$1" "$2"; do
   i=$((i + 1))
   args=() envs=()
-  flags_var=FLAGS_A
-  [ "$i" = 2 ] && flags_var=FLAGS_B
+  side=A
+  [ "$i" = 2 ] && side=B
+  flags_var=FLAGS_$side env_var=ENV_$side
   [ -n "${!flags_var:-}" ] && envs=(MOERUN_KERNEL_FLAGS="${!flags_var}")
-  env_var=ENV_A
-  [ "$i" = 2 ] && env_var=ENV_B
   read -r -a more <<<"${!env_var:-}"
   envs+=("${more[@]}")
   [ "$cb" = embedded ] || { [ -f "$cb" ] || { echo "bitwise-ab: $cb: no such cubin" >&2; exit 2; }; args=(--cubin "$PWD/$cb"); }
